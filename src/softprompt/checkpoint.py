@@ -1,0 +1,87 @@
+"""Training checkpoints as safetensors (no pickle): tensors for the prompt, the best prompt and the optimizer
+state; JSON for everything else. Written atomically, so a SIGKILL leaves the previous checkpoint intact."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from torch import Tensor
+
+from softprompt.promptfile import atomic_write
+
+OPT_PREFIX = "optimizer."
+
+
+@dataclass
+class TrainState:
+    """Where a run stands after ``step`` optimizer steps."""
+
+    step: int = 0
+    best_metric: float | None = None
+    best_step: int | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)  # eval records so far
+
+
+def _flatten_optimizer(state: dict[str, Any]) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    tensors: dict[str, Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for pid, pstate in state["state"].items():
+        for key, value in pstate.items():
+            if isinstance(value, Tensor):
+                tensors[f"{OPT_PREFIX}{pid}.{key}"] = value.detach().cpu().contiguous()
+            else:
+                scalars.setdefault(str(pid), {})[key] = value
+    return tensors, {"scalars": scalars, "param_groups": state["param_groups"]}
+
+
+def _unflatten_optimizer(tensors: dict[str, Tensor], info: dict[str, Any]) -> dict[str, Any]:
+    state: dict[int, dict[str, Any]] = {}
+    for pid, values in info["scalars"].items():
+        state.setdefault(int(pid), {}).update(values)
+    for name, value in tensors.items():
+        pid, key = name[len(OPT_PREFIX):].split(".", 1)
+        state.setdefault(int(pid), {})[key] = value
+    return {"state": state, "param_groups": info["param_groups"]}
+
+
+def save_checkpoint(path: Path, prompt: Tensor, best_prompt: Tensor | None, optimizer: torch.optim.Optimizer,
+                    state: TrainState, config: dict[str, Any]) -> None:
+    tensors, opt_info = _flatten_optimizer(optimizer.state_dict())
+    tensors["prompt"] = prompt.detach().cpu().contiguous()
+    if best_prompt is not None:
+        tensors["best_prompt"] = best_prompt.detach().cpu().contiguous()
+    meta = {"state": json.dumps(state.__dict__), "optimizer": json.dumps(opt_info),
+            "config": json.dumps(config, sort_keys=True)}
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
+
+
+@dataclass
+class Checkpoint:
+    prompt: Tensor
+    best_prompt: Tensor | None
+    optimizer_state: dict[str, Any]
+    state: TrainState
+    config: dict[str, Any]
+
+
+def load_checkpoint(path: Path) -> Checkpoint:
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f}
+    except (SafetensorError, OSError) as err:
+        raise ValueError(f"{path}: unreadable checkpoint ({err}); delete it to start over") from None
+    opt = {k: v for k, v in tensors.items() if k.startswith(OPT_PREFIX)}
+    return Checkpoint(
+        prompt=tensors["prompt"],
+        best_prompt=tensors.get("best_prompt"),
+        optimizer_state=_unflatten_optimizer(opt, json.loads(meta["optimizer"])),
+        state=TrainState(**json.loads(meta["state"])),
+        config=json.loads(meta["config"]),
+    )

@@ -1,0 +1,104 @@
+"""``softprompt eval`` and ``softprompt predict``."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from softprompt.backbone import Backbone
+from softprompt.bank import PromptBank
+from softprompt.cli.common import UsageError, add_model, add_task, backbone_from_args, emit, task_from_args
+from softprompt.evaluate import evaluate, score_choices
+from softprompt.prompted import PromptedModel
+from softprompt.promptfile import check_compatible, load_prompt
+from softprompt.tasks import Example, get_task
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="evaluate a prompt (or a hand-written prompt) on a task; prints JSON metrics")
+    add_model(p)
+    add_task(p)
+    p.add_argument("--method", choices=["prompt-tuning", "prompt-design"], default="prompt-tuning",
+                   help="prompt-tuning: a trained --prompt; prompt-design: the task's text instruction, no soft prompt")
+    p.add_argument("--prompt", help="prompt file (.safetensors) for --method prompt-tuning")
+    p.add_argument("--split", default="validation")
+    p.add_argument("--limit", type=int, default=None, help="first N examples of the split")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--max-input-tokens", type=int, default=256)
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--progress", action="store_true")
+    p.add_argument("--json", action="store_true", help="last stdout line is one JSON object")
+    p.set_defaults(func=run_eval)
+
+    q = sub.add_parser("predict", help="label (or generated text) for given inputs")
+    add_model(q)
+    q.add_argument("--prompt", required=True, help="prompt file (.safetensors)")
+    q.add_argument("--task", default=None, help="task whose input format to apply (default: the prompt's task)")
+    q.add_argument("--raw", action="store_true", help="pass TEXT to the model as is, without the task's format")
+    q.add_argument("--json", action="store_true")
+    q.add_argument("text", nargs="+", metavar="TEXT")
+    q.set_defaults(func=run_predict)
+
+
+def prompted_from_file(backbone: Backbone, path: str) -> tuple[PromptedModel, dict]:
+    pf = load_prompt(path)
+    check_compatible(pf, backbone, where=path)
+    return PromptedModel(backbone, PromptBank(pf.prompt.unsqueeze(0))), pf.meta.__dict__
+
+
+def no_prompt(backbone: Backbone) -> PromptedModel:
+    """The bare model: a bank holding one zero-length prompt."""
+    return PromptedModel(backbone, PromptBank(torch.zeros(1, 0, backbone.hidden_size)))
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    task = task_from_args(args)
+    if args.method == "prompt-tuning" and not args.prompt:
+        raise UsageError("--method prompt-tuning needs --prompt FILE (or use --method prompt-design)")
+    if args.method == "prompt-design" and args.prompt:
+        raise UsageError("--method prompt-design uses no --prompt")
+    examples = task.examples(args.split, args.data_dir, limit=args.limit)
+    backbone = backbone_from_args(args)
+    if args.prompt:
+        pm, _ = prompted_from_file(backbone, args.prompt)
+        instruction = ""
+    else:
+        pm, instruction = no_prompt(backbone), task.instruction
+    t0 = time.perf_counter()
+    metrics, _ = evaluate(pm, task, examples, batch_size=args.batch_size, instruction=instruction,
+                          max_input_tokens=args.max_input_tokens, max_new_tokens=args.max_new_tokens,
+                          progress=args.progress)
+    emit({"task": task.name, "model": args.model, "method": args.method, "split": args.split,
+          "examples": len(examples), "seconds": round(time.perf_counter() - t0, 2), **metrics}, args.json)
+    return 0
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    backbone = backbone_from_args(args)
+    pm, meta = prompted_from_file(backbone, args.prompt)
+    task_name = args.task or meta["task"]
+    task = get_task(task_name) if task_name else None
+    template = "{text}" if args.raw or task is None else task.text_template
+    verbalizer = meta["verbalizer"] or (dict(task.verbalizer) if task else {})
+    inputs = [template.format(text=t) for t in args.text]
+    results = []
+    if verbalizer:
+        words = tuple(verbalizer.values())
+        labels = list(verbalizer)
+        examples = [Example(i, words[0], words) for i in inputs]
+        scores = score_choices(pm, examples)[0]
+        for text, s in zip(args.text, scores, strict=True):
+            best = int(s.argmax())
+            results.append({"input": text, "label": labels[best], "text": words[best].strip(),
+                            "scores": {lab: round(float(v), 4) for lab, v in zip(labels, s, strict=True)}})
+    else:
+        outputs = pm.generate(inputs, torch.zeros(len(inputs), dtype=torch.long))
+        results = [{"input": t, "text": o} for t, o in zip(args.text, outputs, strict=True)]
+    if args.json:
+        emit({"predictions": results}, True)
+    else:
+        for r in results:
+            print(f"{r.get('label', r['text'])}\t{r['input']}")
+    return 0

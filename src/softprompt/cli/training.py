@@ -1,0 +1,63 @@
+"""``softprompt train``: prompt-tune a frozen model on a task and write a prompt file."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from softprompt.cli.common import UsageError, add_model, add_task, backbone_from_args, emit, task_from_args
+from softprompt.init import INITS
+from softprompt.trainer import TrainConfig, train_prompt
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="prompt-tune a frozen model; writes a .safetensors prompt file")
+    add_model(p)
+    add_task(p)
+    p.add_argument("--out", type=Path, required=True, help="prompt file to write (.safetensors)")
+    d = TrainConfig()
+    p.add_argument("--steps", type=int, default=d.steps)
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--grad-accum", type=int, default=d.grad_accum)
+    p.add_argument("--prompt-length", type=int, default=d.prompt_length, help="P, soft-prompt vectors")
+    p.add_argument("--init", choices=INITS, default=d.init)
+    p.add_argument("--init-text", default=None, help="string for --init text")
+    p.add_argument("--optimizer", choices=["adafactor", "adam", "adamw"], default=d.optimizer)
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--eval-every", type=int, default=d.eval_every, help="0: evaluate only at the end")
+    p.add_argument("--eval-limit", type=int, default=d.eval_limit, help="validation examples per eval")
+    p.add_argument("--no-eval", action="store_true", help="no validation; keep the last prompt")
+    p.add_argument("--save-every", type=int, default=d.save_every, help="steps between resume checkpoints")
+    p.add_argument("--max-input-tokens", type=int, default=d.max_input_tokens)
+    p.add_argument("--train-limit", type=int, default=None, help="use only the first N training examples")
+    p.add_argument("--resume", action="store_true", help="continue from OUT's checkpoint if there is one")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the result as one JSON line")
+    p.set_defaults(func=run)
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    return TrainConfig(steps=args.steps, batch_size=args.batch_size, grad_accum=args.grad_accum,
+                       prompt_length=args.prompt_length, init=args.init, init_text=args.init_text,
+                       optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay, seed=args.seed,
+                       eval_every=args.eval_every, eval_limit=args.eval_limit, save_every=args.save_every,
+                       max_input_tokens=args.max_input_tokens)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.out.suffix != ".safetensors":
+        raise UsageError(f"--out must end in .safetensors, got {args.out}")
+    config = config_from_args(args)
+    task = task_from_args(args)
+    train = task.examples("train", args.data_dir, limit=args.train_limit)
+    validation = None if args.no_eval else task.examples("validation", args.data_dir, limit=config.eval_limit)
+    backbone = backbone_from_args(args)
+    t0 = time.perf_counter()
+    result = train_prompt(backbone, task, train, config, args.out, validation=validation, resume=args.resume,
+                          progress=not args.no_progress)
+    emit({"out": str(args.out), "task": task.name, "model": args.model, "seconds": round(time.perf_counter() - t0, 2),
+          **result.metrics}, args.json)
+    return 0

@@ -1,0 +1,91 @@
+"""Predict and evaluate: rank classification (every choice scored in batched forwards) and greedy generation.
+
+K choices, E examples, N prompts. :func:`score_choices` lays out E × K × N rows, each with its prompt index, and runs
+them through the one splice in chunks of ``batch_size`` rows: a single prompt (training, eval), several prompts for
+the same inputs (ensembles) or no prompt at all (prompt design) are the same code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from softprompt.batching import make_batch
+from softprompt.prompted import PromptedModel
+from softprompt.tasks.base import Example, Task
+
+
+@torch.no_grad()
+def score_choices(
+    pm: PromptedModel,
+    examples: Sequence[Example],
+    prompt_indices: Sequence[int] = (0,),
+    *,
+    batch_size: int = 32,
+    instruction: str = "",
+    max_input_tokens: int = 256,
+    progress: bool = False,
+) -> Tensor:
+    """Log-likelihood of every choice of every example under every prompt: [N, E, K] (−inf past an example's
+    own number of choices)."""
+    if any(e.choices is None for e in examples):
+        raise ValueError("score_choices needs classification examples (with choices)")
+    k_max = max((len(e.choices or ()) for e in examples), default=0)
+    rows = [(n, e, k) for n in range(len(prompt_indices)) for e in range(len(examples))
+            for k in range(len(examples[e].choices or ()))]
+    scores = torch.full((len(prompt_indices), len(examples), k_max), float("-inf"))
+    chunks = range(0, len(rows), batch_size)
+    for start in tqdm(chunks, desc="score", unit="batch", disable=not progress, leave=False):
+        chunk = rows[start:start + batch_size]
+        batch = make_batch(
+            pm.backbone.tokenizer,
+            [instruction + examples[e].input for _, e, _ in chunk],
+            [examples[e].choices[k] for _, e, k in chunk],  # type: ignore[index]
+            encoder_decoder=pm.backbone.is_encoder_decoder,
+            max_input_tokens=max_input_tokens,
+        )
+        index = torch.tensor([prompt_indices[n] for n, _, _ in chunk], dtype=torch.long)
+        values = pm.sequence_logprob(batch, index).float().cpu()
+        for (n, e, k), v in zip(chunk, values, strict=True):
+            scores[n, e, k] = v
+    return scores
+
+
+def pick(examples: Sequence[Example], scores: Tensor) -> list[str]:
+    """Choice texts with the highest score per example; scores [E, K]. Ties go to the lower choice index."""
+    return [e.choices[int(s.argmax())] for e, s in zip(examples, scores, strict=True)]  # type: ignore[index]
+
+
+@torch.no_grad()
+def generate_answers(pm: PromptedModel, examples: Sequence[Example], prompt_index: int = 0, *,
+                     batch_size: int = 16, max_new_tokens: int = 32, instruction: str = "",
+                     max_input_tokens: int = 256, progress: bool = False) -> list[str]:
+    out: list[str] = []
+    for start in tqdm(range(0, len(examples), batch_size), desc="generate", disable=not progress, leave=False):
+        chunk = examples[start:start + batch_size]
+        index = torch.full((len(chunk),), prompt_index, dtype=torch.long)
+        out += pm.generate([instruction + e.input for e in chunk], index, max_new_tokens=max_new_tokens,
+                           max_input_tokens=max_input_tokens)
+    return out
+
+
+def predict(pm: PromptedModel, task: Task, examples: Sequence[Example], prompt_index: int = 0, *,
+            batch_size: int = 32, instruction: str = "", max_new_tokens: int = 32, max_input_tokens: int = 256,
+            progress: bool = False) -> list[str]:
+    """Predicted target text per example: the best choice (classification) or greedy output (generation)."""
+    if task.kind == "classification":
+        scores = score_choices(pm, examples, (prompt_index,), batch_size=batch_size, instruction=instruction,
+                               max_input_tokens=max_input_tokens, progress=progress)[0]
+        return pick(examples, scores)
+    return generate_answers(pm, examples, prompt_index, batch_size=batch_size, max_new_tokens=max_new_tokens,
+                            instruction=instruction, max_input_tokens=max_input_tokens, progress=progress)
+
+
+def evaluate(pm: PromptedModel, task: Task, examples: Sequence[Example], prompt_index: int = 0, **kwargs
+             ) -> tuple[dict[str, float], list[str]]:
+    """(metrics, predictions) of one prompt of the bank on ``examples``."""
+    predictions = predict(pm, task, examples, prompt_index, **kwargs)
+    return task.metrics(predictions, examples), predictions

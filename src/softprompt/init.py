@@ -1,0 +1,90 @@
+"""Prompt initialisations from the paper (section 3.2): uniform, sampled vocabulary, class labels, and text.
+
+All return a ``[P, H]`` float32 tensor in the space the model consumes (see :mod:`softprompt.backbone`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from softprompt.backbone import Backbone
+
+InitName = Literal["uniform", "sampled-vocab", "class-label", "text"]
+INITS: tuple[str, ...] = ("uniform", "sampled-vocab", "class-label", "text")
+
+# The paper samples from the 5,000 most common tokens of T5's SentencePiece vocabulary. Tokenizers ship no counts,
+# so we take the 5,000 lowest ids: BPE and SentencePiece vocabularies are built in (roughly) frequency order.
+TOP_VOCAB = 5000
+
+
+def common_token_ids(backbone: Backbone, top: int = TOP_VOCAB) -> Tensor:
+    """Ids of the ``top`` lowest-id tokens that are not special tokens: [≤ top]."""
+    special = set(backbone.tokenizer.all_special_ids)
+    ids = [i for i in range(min(backbone.vocab_size, len(backbone.tokenizer))) if i not in special]
+    return torch.tensor(ids[:top], dtype=torch.long)
+
+
+def sampled_vocab(backbone: Backbone, length: int, generator: torch.Generator) -> Tensor:
+    """Embeddings of ``length`` common tokens sampled without replacement (with replacement past the pool)."""
+    pool = common_token_ids(backbone)
+    if length <= len(pool):
+        picks = pool[torch.randperm(len(pool), generator=generator)[:length]]
+    else:
+        picks = pool[torch.randint(len(pool), (length,), generator=generator)]
+    with torch.no_grad():
+        return backbone.embed(picks.to(backbone.device)).cpu()
+
+
+def word_embedding(backbone: Backbone, text: str) -> Tensor:
+    """[H] mean embedding of a word's token pieces (the paper averages multi-piece labels)."""
+    ids = backbone.tokenizer(text, add_special_tokens=False)["input_ids"]
+    if not ids:
+        raise ValueError(f"label {text!r} tokenizes to no tokens")
+    with torch.no_grad():
+        return backbone.embed(torch.tensor(ids, device=backbone.device)).mean(dim=0).cpu()
+
+
+def init_prompt(
+    backbone: Backbone,
+    strategy: str,
+    length: int,
+    *,
+    seed: int = 0,
+    label_words: Sequence[str] = (),
+    text: str | None = None,
+    uniform_range: float = 0.5,
+) -> Tensor:
+    """A new ``[length, H]`` prompt.
+
+    - ``uniform``: U(-range, +range), range 0.5 as in the paper.
+    - ``sampled-vocab``: embeddings of common tokens (see :data:`TOP_VOCAB`).
+    - ``class-label``: one row per label word (multi-piece words averaged), then sampled-vocab rows; with more
+      labels than rows, the first ``length`` labels.
+    - ``text``: the embeddings of ``text``'s tokens, truncated to ``length``, then sampled-vocab rows.
+    """
+    if length < 0:
+        raise ValueError(f"prompt length must be >= 0, got {length}")
+    g = torch.Generator().manual_seed(seed)
+    h = backbone.hidden_size
+    if strategy == "uniform":
+        return (torch.rand(length, h, generator=g) * 2 - 1) * uniform_range
+    if strategy == "sampled-vocab":
+        return sampled_vocab(backbone, length, g)
+    if strategy == "class-label":
+        if not label_words:
+            raise ValueError("class-label init needs the task's label words (a classification task)")
+        rows = [word_embedding(backbone, w) for w in label_words][:length]
+        head = torch.stack(rows) if rows else torch.zeros(0, h)
+        return torch.cat([head, sampled_vocab(backbone, length - len(rows), g)])
+    if strategy == "text":
+        if not text:
+            raise ValueError("text init needs a non-empty --init-text")
+        ids = backbone.tokenizer(text, add_special_tokens=False)["input_ids"][:length]
+        with torch.no_grad():
+            head = backbone.embed(torch.tensor(ids, dtype=torch.long, device=backbone.device)).cpu()
+        return torch.cat([head, sampled_vocab(backbone, length - len(ids), g)])
+    raise ValueError(f"unknown init {strategy!r}; choose one of {', '.join(INITS)}")

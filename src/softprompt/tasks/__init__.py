@@ -1,0 +1,31 @@
+"""The task registry: every built-in task by name, plus user tasks from files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from softprompt.tasks.base import Example, Task, TaskDataError, resolve_data_dir
+from softprompt.tasks.generic import FileTask, FileTaskSpec
+from softprompt.tasks.glue import RTE, SST2
+
+TASKS: dict[str, type[Task]] = {cls.name: cls for cls in [SST2, RTE]}
+
+
+def get_task(name: str, **file_options: object) -> Task:
+    """A built-in task by name, a YAML task spec, or a data file plus ``file_options`` (template, label_field,
+    verbalizer, validation) — see :mod:`softprompt.tasks.generic`."""
+    if name in TASKS:
+        return TASKS[name]()
+    path = Path(name)
+    if path.suffix in (".yaml", ".yml") and path.is_file():
+        return FileTask(FileTaskSpec.from_yaml(path))
+    if path.suffix in (".jsonl", ".json", ".csv", ".tsv") and path.is_file():
+        options = {k: v for k, v in file_options.items() if v is not None}
+        if "template" not in options:
+            raise TaskDataError(f"task file {path} needs --template (e.g. 'Review: {{text}}\\nSentiment:')")
+        return FileTask(FileTaskSpec(train=str(path), name=path.stem, **options))  # type: ignore[arg-type]
+    raise TaskDataError(f"unknown task {name!r}; built-in tasks: {', '.join(sorted(TASKS))} "
+                        "(or give a .jsonl/.csv/.tsv data file or a .yaml task spec)")
+
+
+__all__ = ["TASKS", "Example", "FileTask", "FileTaskSpec", "Task", "TaskDataError", "get_task", "resolve_data_dir"]

@@ -1,0 +1,87 @@
+"""What a task is: examples cast text-to-text, a way to predict (rank classification or generation), metrics.
+
+A task turns raw records into :class:`Example` s: the model input text, the target text (the verbalized gold label
+or the gold answer), and for classification the candidate target texts (``choices``) that rank classification scores.
+Tasks are registered explicitly in :mod:`softprompt.tasks` (no import-time magic).
+"""
+
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+
+class TaskDataError(ValueError):
+    """Bad or missing task data; the message names the file, line and field."""
+
+
+@dataclass(frozen=True)
+class Example:
+    """One text-to-text example.
+
+    ``choices`` are the candidate targets of rank classification (None: a generation task); ``target`` is one of
+    them for classification. ``answers`` are every acceptable answer of a generation task (metrics take the max).
+    ``meta`` carries what grouped metrics need (MultiRC's question id, say).
+    """
+
+    input: str
+    target: str
+    choices: tuple[str, ...] | None = None
+    answers: tuple[str, ...] = ()
+    meta: Mapping[str, Any] = field(default_factory=dict)
+
+
+class Task(ABC):
+    """A text-to-text task. Subclasses set the class attributes and implement :meth:`read`."""
+
+    name: ClassVar[str]
+    kind: ClassVar[Literal["classification", "generation"]] = "classification"
+    splits: ClassVar[Mapping[str, str]] = {}  # split name → file, relative to the data root
+    verbalizer: ClassVar[Mapping[str, str]] = {}  # raw label → target text
+    instruction: ClassVar[str] = ""  # hand-written prompt for prompt design
+    primary_metric: ClassVar[str] = "accuracy"
+    text_template: ClassVar[str] = "{text}"  # how `softprompt predict` formats one raw text into an input
+
+    def examples(self, split: str, data_dir: Path | None = None, limit: int | None = None) -> list[Example]:
+        """Read a split from the data root (``--data-dir``, ``SOFTPROMPT_DATA_DIR``, or ``../shared/data``)."""
+        path = self.split_path(split, data_dir)
+        if not path.is_file():
+            raise TaskDataError(f"task {self.name!r}: data file not found: {path}")
+        rows = self.read(path)
+        if not rows:
+            raise TaskDataError(f"task {self.name!r}: split {split!r} in {path} is empty")
+        return rows[:limit] if limit is not None else rows
+
+    def split_path(self, split: str, data_dir: Path | None) -> Path:
+        if split not in self.splits:
+            raise TaskDataError(f"task {self.name!r} has no split {split!r}; it has {', '.join(self.splits)}")
+        return resolve_data_dir(data_dir) / self.splits[split]
+
+    @abstractmethod
+    def read(self, path: Path) -> list[Example]:
+        """Parse one data file."""
+
+    def label_word(self, label: Any, where: str) -> str:
+        """The verbalizer's target text for a raw label; an unknown label names its place in the data."""
+        key = str(label)
+        if key not in self.verbalizer:
+            raise TaskDataError(f"{where}: label {label!r} is not in the verbalizer {dict(self.verbalizer)}")
+        return self.verbalizer[key]
+
+    def metrics(self, predictions: Sequence[str], examples: Sequence[Example]) -> dict[str, float]:
+        """Metrics of predicted target texts; accuracy unless a task says otherwise."""
+        from softprompt.metrics import accuracy
+
+        return {"accuracy": accuracy(predictions, [e.target for e in examples])}
+
+
+def resolve_data_dir(data_dir: Path | str | None = None) -> Path:
+    """The data root: the argument, else ``SOFTPROMPT_DATA_DIR``, else ``../shared/data`` from the current folder."""
+    if data_dir is not None:
+        return Path(data_dir)
+    env = os.environ.get("SOFTPROMPT_DATA_DIR")
+    return Path(env) if env else Path("..") / "shared" / "data"

@@ -1,0 +1,228 @@
+"""Prompt tuning: train one ``[P, H]`` prompt on a frozen backbone.
+
+The paper's recipe is the default: Adafactor, constant lr 0.3, weight decay 1e-5, no parameter scaling.
+Runs are deterministic on CPU for a seed: the batch at step s is a pure function of (seed, s), so a run resumed from
+a checkpoint (``--resume``, after any kill) takes exactly the steps an uninterrupted run takes.
+
+Files beside ``out`` (``x.safetensors``): ``x.ckpt.safetensors`` (resume state), ``x.metrics.jsonl`` (one JSON record
+per logged step or eval) and ``x.tb/`` (TensorBoard events).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from tqdm.auto import tqdm
+from transformers.optimization import Adafactor
+
+from softprompt.backbone import Backbone
+from softprompt.bank import PromptBank
+from softprompt.batching import make_batch
+from softprompt.checkpoint import TrainState, load_checkpoint, save_checkpoint
+from softprompt.evaluate import evaluate
+from softprompt.init import init_prompt
+from softprompt.prompted import PromptedModel
+from softprompt.promptfile import PromptMeta, atomic_write, save_prompt
+from softprompt.tasks.base import Example, Task
+
+
+@dataclass
+class TrainConfig:
+    """Prompt-tuning settings (defaults: the paper's recipe, scaled down to a CPU)."""
+
+    steps: int = 150
+    """optimizer steps"""
+    batch_size: int = 16
+    """examples per optimizer step (split into grad_accum micro-batches)"""
+    grad_accum: int = 1
+    """micro-batches per step; batch_size must divide by it"""
+    prompt_length: int = 20
+    """P, number of soft-prompt vectors"""
+    init: str = "class-label"
+    """uniform | sampled-vocab | class-label | text (class-label falls back to sampled-vocab without labels)"""
+    init_text: str | None = None
+    """the string for init=text"""
+    optimizer: Literal["adafactor", "adam", "adamw"] = "adafactor"
+    lr: float = 0.3
+    weight_decay: float = 1e-5
+    seed: int = 0
+    eval_every: int = 50
+    """steps between validation evals (0: only at the end); the best prompt by the task's metric is kept"""
+    eval_limit: int | None = 200
+    """validation examples per eval (None: all)"""
+    eval_batch_size: int = 32
+    save_every: int = 10
+    """steps between resume checkpoints"""
+    max_input_tokens: int = 256
+    log_every: int = 1
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.batch_size < 1 or self.grad_accum < 1 or self.prompt_length < 0:
+            raise ValueError("steps, batch_size and grad_accum must be >= 1 and prompt_length >= 0")
+        if self.batch_size % self.grad_accum:
+            raise ValueError(f"batch_size {self.batch_size} is not divisible by grad_accum {self.grad_accum}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+
+
+@dataclass
+class TrainResult:
+    prompt: torch.Tensor  # [P, H], the selected (best or last) prompt
+    metrics: dict[str, Any] = field(default_factory=dict)
+    state: TrainState = field(default_factory=TrainState)
+
+
+def make_optimizer(config: TrainConfig, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    if config.optimizer == "adafactor":
+        # The paper's Adafactor: constant lr (no relative step), no parameter scaling, beta2 decay exponent 0.8.
+        return Adafactor(params, lr=config.lr, weight_decay=config.weight_decay, scale_parameter=False,
+                         relative_step=False, warmup_init=False, decay_rate=-0.8, clip_threshold=1.0)
+    if config.optimizer == "adam":
+        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    raise ValueError(f"unknown optimizer {config.optimizer!r} (adafactor, adam, adamw)")
+
+
+def batch_indices(n: int, seed: int, step: int, micro: int, config: TrainConfig) -> list[int]:
+    """Example indices of micro-batch ``micro`` of step ``step``: epochs are seeded permutations of 0..n-1."""
+    size = config.batch_size // config.grad_accum
+    start = (step * config.grad_accum + micro) * size
+    out = []
+    for pos in range(start, start + size):
+        epoch, offset = divmod(pos, n)
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+        out.append(int(perm[offset]))
+    return out
+
+
+def initial_prompt(backbone: Backbone, task: Task, config: TrainConfig) -> torch.Tensor:
+    strategy = config.init
+    labels = list(dict.fromkeys(task.verbalizer.values()))
+    if strategy == "class-label" and not labels:
+        strategy = "sampled-vocab"
+    return init_prompt(backbone, strategy, config.prompt_length, seed=config.seed, label_words=labels,
+                       text=config.init_text)
+
+
+class _Log:
+    """JSONL + TensorBoard metrics, truncated back to the resumed step so a resumed log has no duplicates."""
+
+    def __init__(self, out: Path, start_step: int) -> None:
+        self.path = out.with_suffix(".metrics.jsonl")
+        kept = []
+        if start_step and self.path.is_file():
+            kept = [line for line in self.path.read_text().splitlines()
+                    if line.strip() and json.loads(line).get("step", 0) <= start_step]
+        atomic_write(self.path, lambda tmp: Path(tmp).write_text("".join(f"{k}\n" for k in kept)))
+        self.tb = None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(out.with_suffix(".tb")), purge_step=start_step + 1 if start_step else None)
+        except ImportError:  # tensorboard is a dependency, but a trimmed install still trains
+            pass
+
+    def write(self, record: dict[str, Any]) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.tb is not None:
+            for key, value in record.items():
+                if key != "step" and isinstance(value, int | float):
+                    self.tb.add_scalar(key, value, record["step"])
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+def train_prompt(
+    backbone: Backbone,
+    task: Task,
+    train_examples: list[Example],
+    config: TrainConfig,
+    out: Path,
+    *,
+    validation: list[Example] | None = None,
+    resume: bool = False,
+    progress: bool = True,
+) -> TrainResult:
+    """Train a prompt and write it to ``out`` (the best one by validation metric when ``validation`` is given)."""
+    if not train_examples:
+        raise ValueError("no training examples")
+    out = Path(out)
+    ckpt_path = out.with_suffix(".ckpt.safetensors")
+    config_dict = asdict(config)
+    torch.manual_seed(config.seed)
+    state = TrainState()
+    best_prompt = None
+    if resume and ckpt_path.is_file():
+        ckpt = load_checkpoint(ckpt_path)
+        differs = {k for k in config_dict if k not in ("steps", "eval_every", "save_every", "log_every")
+                   and ckpt.config.get(k) != config_dict[k]}
+        if differs:
+            raise ValueError(f"--resume with settings that differ from the checkpoint's: {sorted(differs)}")
+        prompt0, state, best_prompt = ckpt.prompt, ckpt.state, ckpt.best_prompt
+    else:
+        ckpt = None
+        prompt0 = initial_prompt(backbone, task, config)
+    pm = PromptedModel(backbone, PromptBank(prompt0.unsqueeze(0)))
+    optimizer = make_optimizer(config, [pm.bank.weight])
+    if ckpt is not None:
+        optimizer.load_state_dict(ckpt.optimizer_state)
+    log = _Log(out, state.step)
+    zero = torch.zeros(config.batch_size // config.grad_accum, dtype=torch.long)
+    add_eos = task.kind == "generation"
+    bar = tqdm(total=config.steps, initial=state.step, desc=f"train {task.name}", unit="step", disable=not progress)
+    last_eval: dict[str, float] = {}
+    try:
+        for step in range(state.step, config.steps):
+            t0 = time.perf_counter()
+            optimizer.zero_grad(set_to_none=True)
+            total = 0.0
+            for micro in range(config.grad_accum):
+                rows = [train_examples[i] for i in batch_indices(len(train_examples), config.seed, step, micro,
+                                                                 config)]
+                batch = make_batch(backbone.tokenizer, [e.input for e in rows], [e.target for e in rows],
+                                   encoder_decoder=backbone.is_encoder_decoder, add_eos=add_eos,
+                                   max_input_tokens=config.max_input_tokens)
+                loss = pm.loss(batch, zero) / config.grad_accum
+                loss.backward()
+                total += float(loss)
+            optimizer.step()
+            state.step = step + 1
+            record: dict[str, Any] = {"step": state.step, "loss": total, "step_seconds": time.perf_counter() - t0}
+            final = state.step == config.steps
+            if validation and ((config.eval_every and state.step % config.eval_every == 0) or final):
+                with torch.no_grad():
+                    last_eval, _ = evaluate(pm, task, validation, batch_size=config.eval_batch_size,
+                                            max_input_tokens=config.max_input_tokens)
+                metric = last_eval[task.primary_metric]
+                record.update({f"val_{k}": v for k, v in last_eval.items()})
+                state.history.append({"step": state.step, **last_eval})
+                if state.best_metric is None or metric > state.best_metric:
+                    state.best_metric, state.best_step = metric, state.step
+                    best_prompt = pm.bank.weight[0].detach().clone()
+            if state.step % config.log_every == 0 or "val_" + task.primary_metric in record:
+                log.write(record)
+            bar.set_postfix(loss=f"{total:.4f}", **({task.primary_metric: f"{last_eval[task.primary_metric]:.3f}"}
+                                                    if last_eval else {}))
+            bar.update(1)
+            if state.step % config.save_every == 0 or final:
+                save_checkpoint(ckpt_path, pm.bank.weight[0], best_prompt, optimizer, state, config_dict)
+    finally:
+        bar.close()
+        log.close()
+    chosen = best_prompt if best_prompt is not None else pm.bank.weight[0].detach()
+    metrics: dict[str, Any] = {"steps": state.step}
+    if state.best_metric is not None:
+        metrics.update({f"best_val_{task.primary_metric}": state.best_metric, "best_step": state.best_step})
+    meta = PromptMeta.for_backbone(backbone, config.prompt_length, init=config.init, task=task.name,
+                                   verbalizer=dict(task.verbalizer), train_config=config_dict, metrics=metrics)
+    save_prompt(out, chosen, meta)
+    return TrainResult(chosen.cpu(), metrics, state)
