@@ -62,7 +62,9 @@ def encode_inputs(tokenizer: PreTrainedTokenizerBase, inputs: Sequence[str], max
     return out
 
 
-def encode_target(tokenizer: PreTrainedTokenizerBase, target: str, *, encoder_decoder: bool, add_eos: bool) -> list[int]:
+def encode_target(
+    tokenizer: PreTrainedTokenizerBase, target: str, *, encoder_decoder: bool, add_eos: bool
+) -> list[int]:
     """Target token ids: T5 tokenizers append EOS themselves; decoder-only targets get it only when asked
     (generation targets must learn to stop; rank-classification choices must not end in EOS)."""
     ids = list(tokenizer(target, add_special_tokens=False)["input_ids"])

@@ -193,7 +193,7 @@ def train_prompt(
                                    max_input_tokens=config.max_input_tokens)
                 loss = pm.loss(batch, zero) / config.grad_accum
                 loss.backward()
-                total += float(loss)
+                total += loss.item()
             optimizer.step()
             state.step = step + 1
             record: dict[str, Any] = {"step": state.step, "loss": total, "step_seconds": time.perf_counter() - t0}

@@ -1,0 +1,44 @@
+"""Shared fixtures: tiny random models built from config objects, never a hub."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from softprompt.backbone import Backbone, make_backbone  # noqa: E402
+from softprompt.tiny import FAMILIES, save_tiny, tiny_model  # noqa: E402
+
+# The real data sets live beside the repository (see README); tests that need them skip when it is absent.
+DATA_DIR = Path(os.environ.get("SOFTPROMPT_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data"))
+
+
+def tiny_backbone(family: str, seed: int = 0) -> Backbone:
+    model, tokenizer = tiny_model(family, seed)
+    return make_backbone(model, tokenizer, f"tiny-{family}")
+
+
+@pytest.fixture(params=FAMILIES)
+def backbone(request: pytest.FixtureRequest) -> Backbone:
+    """One tiny backbone of each family (llama, gpt2, t5, gemma3, qwen2)."""
+    torch.manual_seed(0)
+    return tiny_backbone(request.param)
+
+
+@pytest.fixture(scope="session")
+def tiny_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Tiny model folders on disk (for the CLI and the server): family → folder."""
+    root = tmp_path_factory.mktemp("tiny-models")
+    return {f: save_tiny(f, root / f) for f in ("llama", "gpt2", "t5")}
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    if not DATA_DIR.is_dir():
+        pytest.skip(f"data root {DATA_DIR} not found")
+    return DATA_DIR
