@@ -11,8 +11,8 @@ import torch
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from softprompt.backbone import Backbone, make_backbone  # noqa: E402
-from softprompt.tiny import FAMILIES, save_tiny, tiny_model  # noqa: E402
+from softprompt.backbone import Backbone, make_backbone
+from softprompt.tiny import FAMILIES, save_tiny, tiny_model
 
 # The real data sets live beside the repository (see README); tests that need them skip when it is absent.
 DATA_DIR = Path(os.environ.get("SOFTPROMPT_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data"))
