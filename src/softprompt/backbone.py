@@ -110,6 +110,17 @@ def _load_pretrained(source: str, gguf_file: str | None, dtype: torch.dtype) -> 
     return model, tokenizer
 
 
+def _plain_copy(model: PreTrainedModel) -> PreTrainedModel:
+    """The same weights in a model that transformers will serialize: a GGUF-loaded model is flagged as quantized
+    (and refuses ``save_pretrained``) although its weights are already dequantized floats."""
+    config = model.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = _model_class(config).from_config(config, dtype=next(model.parameters()).dtype)
+    plain.load_state_dict(model.state_dict())
+    return plain
+
+
 def _builtin(name: str, dtype: torch.dtype) -> tuple[PreTrainedModel, object]:
     """Load a built-in model, dequantizing its GGUF once into a safetensors cache (later loads take seconds)."""
     cached = cache_dir() / "models" / name / "hf"
@@ -120,7 +131,7 @@ def _builtin(name: str, dtype: torch.dtype) -> tuple[PreTrainedModel, object]:
         cached.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=cached.parent, prefix=".hf-"))
         try:
-            model.save_pretrained(tmp)
+            _plain_copy(model).save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
             if cached.exists():
                 shutil.rmtree(cached)

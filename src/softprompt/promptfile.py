@@ -99,15 +99,15 @@ def load_prompt(path: str | Path) -> PromptFile:
     try:
         with safe_open(str(path), framework="pt") as f:
             header = f.metadata() or {}
+            if header.get("format") != FORMAT_NAME or "softprompt" not in header:
+                raise PromptFileError(f"{path}: a safetensors file, but not a softprompt prompt file "
+                                      "(import PEFT or .npy prompts with `softprompt convert`)")
             keys = list(f.keys())
             if "prompt" not in keys:
                 raise PromptFileError(f"{path}: no 'prompt' tensor (tensors: {keys})")
             prompt = f.get_tensor("prompt")
     except (SafetensorError, OSError, RuntimeError) as err:
         raise PromptFileError(f"{path}: not a readable safetensors file ({err})") from None
-    if header.get("format") != FORMAT_NAME or "softprompt" not in header:
-        raise PromptFileError(f"{path}: a safetensors file, but not a softprompt prompt file "
-                              "(import PEFT or .npy prompts with `softprompt convert`)")
     version = int(header.get("format_version", "0"))
     if version > FORMAT_VERSION:
         raise PromptFileError(f"{path}: format version {version} is newer than this softprompt "

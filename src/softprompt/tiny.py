@@ -45,7 +45,8 @@ def byte_tokenizer(*, add_bos: bool = True, add_eos: bool = False) -> PreTrained
 
 
 def tiny_config(family: str, *, hidden: int = 32, layers: int = 2, heads: int = 4) -> PretrainedConfig:
-    common = {"vocab_size": VOCAB, "pad_token_id": 0, "eos_token_id": 1}
+    # A wide init makes the random models' outputs input-dependent enough for a prompt to visibly move the loss.
+    common = {"vocab_size": VOCAB, "pad_token_id": 0, "eos_token_id": 1, "initializer_range": 0.3}
     if family == "llama":
         return LlamaConfig(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
                            num_attention_heads=heads, num_key_value_heads=heads // 2, bos_token_id=2,
@@ -64,7 +65,7 @@ def tiny_config(family: str, *, hidden: int = 32, layers: int = 2, heads: int = 
     if family == "t5":
         return T5Config(d_model=hidden, d_ff=2 * hidden, d_kv=hidden // heads, num_layers=layers,
                         num_decoder_layers=layers, num_heads=heads, decoder_start_token_id=0, dropout_rate=0.0,
-                        **common)
+                        initializer_factor=1.0, **{k: v for k, v in common.items() if k != "initializer_range"})
     raise ValueError(f"unknown tiny family {family!r}; choose from {FAMILIES}")
 
 

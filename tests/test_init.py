@@ -1,0 +1,64 @@
+"""Prompt initialisations: shapes, ranges, and the rows they promise."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from softprompt.init import TOP_VOCAB, common_token_ids, init_prompt, word_embedding
+
+
+@pytest.fixture
+def llama():
+    from tests.conftest import tiny_backbone
+
+    return tiny_backbone("llama")
+
+
+def test_uniform(llama) -> None:
+    p = init_prompt(llama, "uniform", 7, seed=1)
+    assert p.shape == (7, llama.hidden_size)
+    assert float(p.abs().max()) <= 0.5 and float(p.std()) > 0.2
+    assert torch.equal(p, init_prompt(llama, "uniform", 7, seed=1))
+    assert not torch.equal(p, init_prompt(llama, "uniform", 7, seed=2))
+
+
+def test_sampled_vocab_rows_are_distinct_common_token_embeddings(llama) -> None:
+    p = init_prompt(llama, "sampled-vocab", 10, seed=0)
+    table = llama.embedding_matrix()
+    pool = set(common_token_ids(llama).tolist())
+    matches = [int((table - row).abs().sum(-1).argmin()) for row in p]
+    assert len(set(matches)) == 10
+    assert set(matches) <= pool
+    assert not set(matches) & set(llama.tokenizer.all_special_ids)
+    assert len(pool) <= TOP_VOCAB
+
+
+def test_class_label_rows_equal_label_embeddings(llama) -> None:
+    words = [" positive", " negative"]
+    p = init_prompt(llama, "class-label", 5, label_words=words)
+    for i, w in enumerate(words):
+        ids = llama.tokenizer(w, add_special_tokens=False)["input_ids"]
+        assert len(ids) > 1  # multi-piece with the byte tokenizer: the mean of the pieces
+        expected = llama.embed(torch.tensor(ids)).mean(0)
+        torch.testing.assert_close(p[i], expected)
+        torch.testing.assert_close(word_embedding(llama, w), expected)
+    assert p.shape == (5, llama.hidden_size)
+
+
+def test_text_init_is_the_text_then_vocab(llama) -> None:
+    p = init_prompt(llama, "text", 6, text="abc")
+    ids = llama.tokenizer("abc", add_special_tokens=False)["input_ids"]
+    torch.testing.assert_close(p[:3], llama.embed(torch.tensor(ids)))
+    assert p.shape == (6, llama.hidden_size)
+    assert init_prompt(llama, "text", 2, text="abcdef").shape == (2, llama.hidden_size)
+
+
+def test_zero_length_and_errors(llama) -> None:
+    assert init_prompt(llama, "sampled-vocab", 0).shape == (0, llama.hidden_size)
+    with pytest.raises(ValueError, match="unknown init"):
+        init_prompt(llama, "bogus", 3)
+    with pytest.raises(ValueError, match="label words"):
+        init_prompt(llama, "class-label", 3)
+    with pytest.raises(ValueError, match="init-text"):
+        init_prompt(llama, "text", 3)

@@ -1,0 +1,73 @@
+"""Invariants that catch real bugs: batch neighbours, padding side, mixed prompts, frozen backbone."""
+
+from __future__ import annotations
+
+import hashlib
+
+import torch
+
+from softprompt.bank import PromptBank
+from softprompt.batching import Batch, make_batch
+from softprompt.prompted import PromptedModel
+
+INPUTS = ["a short one", "a considerably longer input sentence here", "mid size text"]
+TARGETS = [" yes", " no", " maybe so"]
+
+
+def left_pad(batch: Batch, pad: int) -> Batch:
+    """The same rows with padding moved to the left (decoder rows; the encoder input for T5)."""
+    ids, mask = batch.input_ids.clone(), batch.attention_mask.clone()
+    labels = batch.labels.clone()
+    for i in range(ids.shape[0]):
+        n = int(mask[i].sum())
+        ids[i] = torch.cat([ids[i, n:].fill_(pad), batch.input_ids[i, :n]])
+        mask[i] = torch.cat([torch.zeros_like(mask[i, n:]), mask[i, :n]])
+        if labels.shape == ids.shape:
+            labels[i] = torch.cat([labels[i, n:].fill_(-100), batch.labels[i, :n]])
+    return Batch(ids, mask, labels, batch.target_lengths)
+
+
+def test_row_alone_mixed_and_either_padding_side(backbone) -> None:
+    h = backbone.hidden_size
+    pm = PromptedModel(backbone, PromptBank(torch.randn(2, 4, h) * 0.5))
+    enc = backbone.is_encoder_decoder
+    index = torch.tensor([0, 1, 0])
+    batch = make_batch(backbone.tokenizer, INPUTS, TARGETS, encoder_decoder=enc)
+    mixed = pm.sequence_logprob(batch, index)
+    left = pm.sequence_logprob(left_pad(batch, backbone.tokenizer.pad_token_id), index)
+    torch.testing.assert_close(mixed, left, atol=1e-5, rtol=1e-5)
+    for i in range(3):
+        alone = pm.sequence_logprob(make_batch(backbone.tokenizer, [INPUTS[i]], [TARGETS[i]], encoder_decoder=enc),
+                                    index[i:i + 1])
+        torch.testing.assert_close(mixed[i], alone[0], atol=1e-5, rtol=1e-5)
+
+
+def test_loss_does_not_depend_on_neighbours(backbone) -> None:
+    pm = PromptedModel(backbone, PromptBank(torch.randn(1, 3, backbone.hidden_size)))
+    enc = backbone.is_encoder_decoder
+    zero = torch.zeros(1, dtype=torch.long)
+    alone = pm.loss(make_batch(backbone.tokenizer, INPUTS[:1], TARGETS[:1], encoder_decoder=enc), zero)
+    logp, mask = pm.target_logprobs(make_batch(backbone.tokenizer, INPUTS, TARGETS, encoder_decoder=enc),
+                                    torch.zeros(3, dtype=torch.long))
+    torch.testing.assert_close(alone, -logp[0].sum() / mask[0].sum(), atol=1e-5, rtol=1e-5)
+
+
+def checksum(model: torch.nn.Module) -> str:
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def test_only_the_prompt_changes_after_a_step(backbone) -> None:
+    pm = PromptedModel(backbone, PromptBank(torch.randn(1, 3, backbone.hidden_size)))
+    assert [n for n, p in pm.named_parameters() if p.requires_grad] == ["bank.weight"]
+    before_model, before_prompt = checksum(backbone.model), pm.bank.weight.detach().clone()
+    opt = torch.optim.SGD(pm.parameters(), lr=0.1)
+    batch = make_batch(backbone.tokenizer, INPUTS, TARGETS, encoder_decoder=backbone.is_encoder_decoder)
+    pm.loss(batch, torch.zeros(3, dtype=torch.long)).backward()
+    opt.step()
+    assert checksum(backbone.model) == before_model
+    assert not torch.equal(pm.bank.weight, before_prompt)
+    assert all(p.grad is None for p in backbone.model.parameters())

@@ -1,0 +1,130 @@
+"""The trainer: it learns, it is deterministic, and a killed run resumes to the same prompt."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from softprompt.checkpoint import load_checkpoint
+from softprompt.promptfile import load_prompt
+from softprompt.tasks import FileTask, FileTaskSpec
+from softprompt.trainer import TrainConfig, batch_indices, train_prompt
+from tests.conftest import tiny_backbone
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def toy_task(tmp_path: Path, n: int = 24) -> FileTask:
+    """A learnable toy task: does the text contain an 'x'?"""
+    path = tmp_path / "toy.jsonl"
+    words = ["ab", "cd", "xy", "ex", "mo", "ox", "pq", "xz"]
+    rows = [{"text": words[i % 8] + words[(i * 3) % 8], "label": int("x" in words[i % 8] + words[(i * 3) % 8])}
+            for i in range(n)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return FileTask(FileTaskSpec(train=str(path), template="{text} ->", verbalizer={"0": " no", "1": " yes"},
+                                 name="toy"))
+
+
+def test_batches_are_a_pure_function_of_seed_and_step() -> None:
+    config = TrainConfig(batch_size=4, grad_accum=2)
+    a = [batch_indices(10, 3, s, m, config) for s in range(6) for m in range(2)]
+    b = [batch_indices(10, 3, s, m, config) for s in range(6) for m in range(2)]
+    assert a == b
+    flat = [i for chunk in a for i in chunk]
+    assert sorted(flat[:10]) == list(range(10))  # the first epoch visits every example once
+    assert a != [batch_indices(10, 4, s, m, config) for s in range(6) for m in range(2)]
+
+
+@pytest.mark.parametrize("family", ["llama", "t5"])
+def test_training_lowers_the_loss(tmp_path: Path, family: str) -> None:
+    bb = tiny_backbone(family)
+    task = toy_task(tmp_path)
+    examples = task.examples("train")
+    config = TrainConfig(steps=25, batch_size=8, prompt_length=4, init="uniform", optimizer="adam", lr=0.3,
+                         eval_every=0, save_every=100)
+    result = train_prompt(bb, task, examples, config, tmp_path / "p.safetensors", progress=False)
+    losses = [json.loads(x)["loss"] for x in (tmp_path / "p.metrics.jsonl").read_text().splitlines()]
+    assert len(losses) == 25
+    assert sum(losses[-5:]) / 5 < 0.9 * sum(losses[:5]) / 5
+    pf = load_prompt(tmp_path / "p.safetensors")
+    assert torch.equal(pf.prompt, result.prompt)
+    assert pf.meta.task == "toy" and pf.meta.train_config["steps"] == 25
+
+
+def test_paper_recipe_runs_and_best_checkpoint_is_kept(tmp_path: Path) -> None:
+    bb = tiny_backbone("gpt2")
+    task = toy_task(tmp_path)
+    examples = task.examples("train")
+    config = TrainConfig(steps=6, batch_size=4, prompt_length=3, eval_every=2, save_every=2)
+    result = train_prompt(bb, task, examples, config, tmp_path / "p.safetensors", validation=examples[:8],
+                          progress=False)
+    history = result.state.history
+    assert [h["step"] for h in history] == [2, 4, 6]
+    best = max(history, key=lambda h: h["accuracy"])
+    assert result.metrics["best_val_accuracy"] == best["accuracy"]
+    ckpt = load_checkpoint(tmp_path / "p.ckpt.safetensors")
+    assert ckpt.state.step == 6 and ckpt.state.best_step == result.metrics["best_step"]
+
+
+def test_in_process_resume_equals_uninterrupted(tmp_path: Path) -> None:
+    task = toy_task(tmp_path)
+    examples = task.examples("train")
+    full = TrainConfig(steps=8, batch_size=4, prompt_length=3, eval_every=0, save_every=1)
+    a = train_prompt(tiny_backbone("llama"), task, examples, full, tmp_path / "a.safetensors", progress=False)
+    half = TrainConfig(steps=5, batch_size=4, prompt_length=3, eval_every=0, save_every=1)
+    train_prompt(tiny_backbone("llama"), task, examples, half, tmp_path / "b.safetensors", progress=False)
+    b = train_prompt(tiny_backbone("llama"), task, examples, full, tmp_path / "b.safetensors", resume=True,
+                     progress=False)
+    assert torch.equal(a.prompt, b.prompt)
+    log = [json.loads(x)["step"] for x in (tmp_path / "b.metrics.jsonl").read_text().splitlines()]
+    assert log == list(range(1, 9))
+    with pytest.raises(ValueError, match="differ"):
+        changed = TrainConfig(steps=8, batch_size=4, prompt_length=3, eval_every=0, save_every=1, lr=0.1)
+        train_prompt(tiny_backbone("llama"), task, examples, changed, tmp_path / "b.safetensors", resume=True,
+                     progress=False)
+
+
+def _train_cmd(model: Path, data: Path, out: Path, steps: int) -> list[str]:
+    return [sys.executable, "-m", "softprompt", "train", "--model", str(model), "--task", str(data),
+            "--template", "{text} ->", "--verbalizer", '{"0": " no", "1": " yes"}', "--out", str(out),
+            "--steps", str(steps), "--batch-size", "4", "--prompt-length", "3", "--save-every", "1", "--no-eval",
+            "--no-progress", "--seed", "5", "--resume", "--json"]
+
+
+def test_sigkill_then_resume_equals_uninterrupted(tmp_path: Path, tiny_dirs: dict[str, Path]) -> None:
+    toy_task(tmp_path)
+    data, model = tmp_path / "toy.jsonl", tiny_dirs["llama"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT / "src")}
+    steps = 20
+    subprocess.run(_train_cmd(model, data, tmp_path / "full.safetensors", steps), check=True, env=env,
+                   capture_output=True)
+    killed = tmp_path / "killed.safetensors"
+    ckpt = killed.with_suffix(".ckpt.safetensors")
+    proc = subprocess.Popen(_train_cmd(model, data, killed, steps), env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if ckpt.is_file():
+            try:
+                if load_checkpoint(ckpt).state.step >= 3:
+                    break
+            except ValueError:
+                pass
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    step = load_checkpoint(ckpt).state.step
+    assert 0 < step < steps, "the run should have been killed mid-way"
+    assert not killed.exists()
+    done = subprocess.run(_train_cmd(model, data, killed, steps), check=True, env=env, capture_output=True,
+                          text=True)
+    assert json.loads(done.stdout.strip().splitlines()[-1])["steps"] == steps
+    assert torch.equal(load_prompt(killed).prompt, load_prompt(tmp_path / "full.safetensors").prompt)
