@@ -131,10 +131,20 @@ def test_metrics_return_the_declared_keys(name: str, data_dir: Path) -> None:
     assert all(v == pytest.approx(1.0) for v in perfect.values()), perfect
 
 
+def bare(family: str) -> PromptedModel:
+    """A tiny random model with a zero-length prompt: scoring plumbing, not quality."""
+    backbone = tiny_backbone(family)
+    return PromptedModel(backbone, PromptBank(torch.zeros(1, 0, backbone.hidden_size)))
+
+
 @pytest.fixture(scope="module")
 def tiny_prompted() -> PromptedModel:
-    backbone = tiny_backbone("llama")
-    return PromptedModel(backbone, PromptBank(torch.zeros(1, 0, backbone.hidden_size)))
+    return bare("llama")
+
+
+@pytest.fixture(scope="module")
+def tiny_t5() -> PromptedModel:
+    return bare("t5")
 
 
 @pytest.mark.parametrize("name", list(TASKS))
@@ -151,12 +161,11 @@ def test_two_examples_score_end_to_end(name: str, data_dir: Path, tiny_prompted:
 
 
 @pytest.mark.parametrize("name", ["copa", "record", "squad"])
-def test_per_example_choices_and_generation_on_an_encoder_decoder(name: str, data_dir: Path) -> None:
-    backbone = tiny_backbone("t5")
-    pm = PromptedModel(backbone, PromptBank(torch.zeros(1, 0, backbone.hidden_size)))
+def test_per_example_choices_and_generation_on_an_encoder_decoder(name: str, data_dir: Path,
+                                                                   tiny_t5: PromptedModel) -> None:
     task = TASKS[name]()
     examples = read(name, "validation", data_dir)[:2]
-    predictions = predict(pm, task, examples, max_input_tokens=64, max_new_tokens=4)
+    predictions = predict(tiny_t5, task, examples, max_input_tokens=64, max_new_tokens=4)
     if task.kind == "classification":
         assert all(p in e.choices for p, e in zip(predictions, examples, strict=True))  # type: ignore[operator]
     assert set(task.metrics(predictions, examples)) == set(task.metric_names)
