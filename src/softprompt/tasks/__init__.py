@@ -6,9 +6,13 @@ from pathlib import Path
 
 from softprompt.tasks.base import Example, Task, TaskDataError, resolve_data_dir
 from softprompt.tasks.generic import FileTask, FileTaskSpec
-from softprompt.tasks.glue import RTE, SST2
+from softprompt.tasks.glue import MRPC, QQP, RTE, SST2
+from softprompt.tasks.mrqa import RelationExtraction, SQuAD
+from softprompt.tasks.superglue import CB, COPA, WSC, BoolQ, MultiRC, ReCoRD, WiC
 
-TASKS: dict[str, type[Task]] = {cls.name: cls for cls in [SST2, RTE]}
+# Every built-in task, in `softprompt tasks` order: SuperGLUE, GLUE, MRQA.
+TASKS: dict[str, type[Task]] = {cls.name: cls for cls in [BoolQ, CB, COPA, MultiRC, ReCoRD, RTE, WiC, WSC,
+                                                          MRPC, QQP, SST2, SQuAD, RelationExtraction]}
 
 
 def get_task(name: str, **file_options: object) -> Task:

@@ -44,6 +44,7 @@ class Task(ABC):
     verbalizer: ClassVar[Mapping[str, str]] = {}  # raw label → target text
     instruction: ClassVar[str] = ""  # hand-written prompt for prompt design
     primary_metric: ClassVar[str] = "accuracy"
+    metric_names: ClassVar[tuple[str, ...]] = ("accuracy",)  # the keys :meth:`metrics` returns
     text_template: ClassVar[str] = "{text}"  # how `softprompt predict` formats one raw text into an input
 
     def examples(self, split: str, data_dir: Path | None = None, limit: int | None = None) -> list[Example]:
@@ -85,3 +86,20 @@ def resolve_data_dir(data_dir: Path | str | None = None) -> Path:
         return Path(data_dir)
     env = os.environ.get("SOFTPROMPT_DATA_DIR")
     return Path(env) if env else Path("..") / "shared" / "data"
+
+
+def hold_out_tail(rows: Sequence[Example], split: str, key: str, size: int, where: str) -> list[Example]:
+    """Deterministic train/validation parts of one file that has no official validation split.
+
+    Validation is the examples whose ``meta[key]`` (a line number, a context number) is among the last ``size``
+    distinct values in file order; train is the rest. Cutting by ``key`` keeps the questions of one passage on one
+    side, and cutting the tail needs no seed, so every run and every machine gets the same parts.
+    """
+    if split not in ("train", "validation"):
+        raise TaskDataError(f"{where}: no split {split!r}; this file is cut into 'train' and 'validation'")
+    keys = list(dict.fromkeys(e.meta[key] for e in rows))
+    if len(keys) <= size:
+        raise TaskDataError(f"{where}: {len(keys)} distinct {key!r} values, need more than {size} to hold out "
+                            f"{size} for validation")
+    held = set(keys[-size:])
+    return [e for e in rows if (e.meta[key] in held) == (split == "validation")]

@@ -59,6 +59,7 @@ class FileTask(Task):
         self.instruction = spec.instruction
         self.splits = {"train": spec.train, "validation": spec.validation or spec.train}
         self.primary_metric = "accuracy" if spec.verbalizer else "exact_match"
+        self.metric_names = (self.primary_metric,)
 
     def split_path(self, split: str, data_dir: Path | None) -> Path:
         if split not in self.splits:
