@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from tests.conftest import tiny_backbone
 
 from softprompt.bank import PromptBank
 from softprompt.cli import main
@@ -20,6 +19,7 @@ from softprompt.tasks import TASKS, Example, Task, TaskDataError, get_task
 from softprompt.tasks.base import hold_out_tail
 from softprompt.tasks.glue import QQP
 from softprompt.tasks.mrqa import first_line
+from tests.conftest import tiny_backbone
 
 SPLITS = [(name, split) for name, cls in TASKS.items() for split in cls.splits]
 

@@ -13,7 +13,7 @@ from softprompt.cli.common import UsageError, add_model, add_task, backbone_from
 from softprompt.evaluate import evaluate, score_choices
 from softprompt.prompted import PromptedModel
 from softprompt.promptfile import check_compatible, load_prompt
-from softprompt.tasks import Example, get_task
+from softprompt.tasks import TASKS, Example, get_task
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -78,8 +78,8 @@ def run_eval(args: argparse.Namespace) -> int:
 def run_predict(args: argparse.Namespace) -> int:
     backbone = backbone_from_args(args)
     pm, meta = prompted_from_file(backbone, args.prompt)
-    task_name = args.task or meta["task"]
-    task = get_task(task_name) if task_name else None
+    # A prompt trained on a user's data file names a task that is not built in: its inputs are taken as given.
+    task = get_task(args.task) if args.task else (TASKS[meta["task"]]() if meta["task"] in TASKS else None)
     template = "{text}" if args.raw or task is None else task.text_template
     verbalizer = meta["verbalizer"] or (dict(task.verbalizer) if task else {})
     inputs = [template.format(text=t) for t in args.text]

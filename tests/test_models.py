@@ -1,0 +1,72 @@
+"""Built-in models: chunk assembly and sha256 checks (with fake chunk packages; nothing is downloaded)."""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from pathlib import Path
+
+import pytest
+
+from softprompt import models
+from softprompt.models import BuiltinModel, ModelNotInstalledError
+
+
+def fake_packages(root: Path, parts: list[bytes]) -> None:
+    for i, data in enumerate(parts, 1):
+        pkg = root / f"fakechunk_part{i}"
+        (pkg / "data").mkdir(parents=True)
+        (pkg / "__init__.py").write_text("raise RuntimeError('chunk packages must never be imported')\n")
+        (pkg / "data" / f"blob.part{i - 1:02d}").write_bytes(data)
+
+
+@pytest.fixture
+def fake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    parts = [b"GGUF" + b"a" * 100, b"b" * 50, b"c" * 7]
+    fake_packages(tmp_path / "site", parts)
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    monkeypatch.setenv("SOFTPROMPT_CACHE", str(tmp_path / "cache"))
+    digest = hashlib.sha256(b"".join(parts)).hexdigest()
+
+    def make(sha: str) -> BuiltinModel:
+        m = BuiltinModel(name="fake", architecture="llama", params="1", packages=("nothing==0",),
+                         chunks=tuple((f"fakechunk_part{i}", "data/*") for i in (1, 2, 3)), filename="fake.gguf",
+                         sha256=sha)
+        monkeypatch.setitem(models.BUILTIN_MODELS, "fake", m)
+        return m
+
+    return make, digest, b"".join(parts), tmp_path
+
+
+def test_chunks_are_assembled_in_order_and_checked(fake) -> None:
+    make, digest, whole, tmp_path = fake
+    make(digest)
+    path = models.gguf_path("fake")
+    assert path.read_bytes() == whole
+    assert path.parent == tmp_path / "cache" / "models" / "fake"
+    assert models.is_installed("fake")
+    assert not any(name.startswith("fakechunk") for name in sys.modules)
+
+
+def test_wrong_sha256_is_refused_and_leaves_nothing(fake) -> None:
+    make, _, _, tmp_path = fake
+    make("0" * 64)
+    with pytest.raises(RuntimeError, match="sha256"):
+        models.gguf_path("fake")
+    assert not list((tmp_path / "cache").rglob("*.gguf*"))
+
+
+def test_missing_packages_say_how_to_install(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("SOFTPROMPT_CACHE", str(tmp_path))
+    m = BuiltinModel(name="absent", architecture="x", params="1", packages=(), chunks=(("no_such_pkg_xyz", "*"),),
+                     filename="a.gguf", sha256="0")
+    monkeypatch.setitem(models.BUILTIN_MODELS, "absent", m)
+    with pytest.raises(ModelNotInstalledError, match="softprompt models install absent"):
+        models.gguf_path("absent")
+
+
+def test_registry_lists_the_offline_models() -> None:
+    assert models.DEFAULT_MODEL == "smollm2-135m"
+    assert {"smollm2-135m", "gemma3-270m", "qwen2.5-0.5b", "qwen2.5-1.5b"} <= set(models.BUILTIN_MODELS)
+    for m in models.BUILTIN_MODELS.values():
+        assert len(m.sha256) == 64 and all("==" in p for p in m.packages)
