@@ -71,3 +71,25 @@ def test_only_the_prompt_changes_after_a_step(backbone) -> None:
     assert checksum(backbone.model) == before_model
     assert not torch.equal(pm.bank.weight, before_prompt)
     assert all(p.grad is None for p in backbone.model.parameters())
+
+
+def test_single_token_fast_path_equals_full_rows(backbone) -> None:
+    """Scoring single-token choices from one next-token distribution equals scoring each choice as a row."""
+    from softprompt.evaluate import _single_token_choices, score_choices
+    from softprompt.tasks import Example
+
+    tok = backbone.tokenizer
+    # Single characters are single tokens for the byte tokenizer.
+    examples = [Example(text, " ", (" ", "x", "y")) for text in INPUTS]
+    pm = PromptedModel(backbone, PromptBank(torch.randn(2, 3, backbone.hidden_size)))
+    fast = score_choices(pm, examples, (0, 1), batch_size=4)
+    if backbone.is_encoder_decoder:
+        assert _single_token_choices(pm, examples) is None
+        return
+    assert _single_token_choices(pm, examples) is not None
+    for n in range(2):
+        for e, ex in enumerate(examples):
+            for k, choice in enumerate(ex.choices):
+                batch = make_batch(tok, [ex.input], [choice], encoder_decoder=False)
+                slow = pm.sequence_logprob(batch, torch.tensor([n]))
+                torch.testing.assert_close(fast[n, e, k], slow[0], atol=1e-5, rtol=1e-5)

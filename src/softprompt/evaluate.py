@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from softprompt.batching import make_batch
+from softprompt.batching import make_batch, make_input_batch
 from softprompt.prompted import PromptedModel
 from softprompt.tasks.base import Example, Task
 
@@ -34,6 +34,10 @@ def score_choices(
     if any(e.choices is None for e in examples):
         raise ValueError("score_choices needs classification examples (with choices)")
     k_max = max((len(e.choices or ()) for e in examples), default=0)
+    first_tokens = _single_token_choices(pm, examples)
+    if first_tokens is not None:
+        return _score_single_tokens(pm, examples, first_tokens, prompt_indices, batch_size=batch_size,
+                                    instruction=instruction, max_input_tokens=max_input_tokens, progress=progress)
     rows = [(n, e, k) for n in range(len(prompt_indices)) for e in range(len(examples))
             for k in range(len(examples[e].choices or ()))]
     scores = torch.full((len(prompt_indices), len(examples), k_max), float("-inf"))
@@ -51,6 +55,48 @@ def score_choices(
         values = pm.sequence_logprob(batch, index).float().cpu()
         for (n, e, k), v in zip(chunk, values, strict=True):
             scores[n, e, k] = v
+    return scores
+
+
+def _single_token_choices(pm: PromptedModel, examples: Sequence[Example]) -> list[list[int]] | None:
+    """Each example's choice token ids when every choice of a decoder-only model is one token, else None.
+
+    Then one row per (example, prompt) scores all K choices from the same next-token distribution — the same
+    numbers as K rows of input + choice, at 1/K of the compute (binary verbalizers are usually single tokens).
+    """
+    if pm.backbone.is_encoder_decoder:
+        return None
+    tok = pm.backbone.tokenizer
+    cache: dict[str, list[int]] = {}
+    out = []
+    for e in examples:
+        ids = []
+        for c in e.choices or ():
+            if c not in cache:
+                cache[c] = tok(c, add_special_tokens=False)["input_ids"]
+            if len(cache[c]) != 1:
+                return None
+            ids.append(cache[c][0])
+        out.append(ids)
+    return out
+
+
+def _score_single_tokens(pm: PromptedModel, examples: Sequence[Example], choice_ids: list[list[int]],
+                         prompt_indices: Sequence[int], *, batch_size: int, instruction: str, max_input_tokens: int,
+                         progress: bool) -> Tensor:
+    k_max = max(len(c) for c in choice_ids)
+    rows = [(n, e) for n in range(len(prompt_indices)) for e in range(len(examples))]
+    scores = torch.full((len(prompt_indices), len(examples), k_max), float("-inf"))
+    for start in tqdm(range(0, len(rows), batch_size), desc="score", unit="batch", disable=not progress,
+                      leave=False):
+        chunk = rows[start:start + batch_size]
+        ids, mask = make_input_batch(pm.backbone.tokenizer, [instruction + examples[e].input for _, e in chunk],
+                                     max_input_tokens)
+        index = torch.tensor([prompt_indices[n] for n, _ in chunk], dtype=torch.long)
+        logp = pm.next_token_logprobs(ids, mask, index).cpu()
+        for row, (n, e) in enumerate(chunk):
+            choices = choice_ids[e]
+            scores[n, e, : len(choices)] = logp[row, choices]
     return scores
 
 

@@ -76,6 +76,16 @@ class PromptedModel(nn.Module):
         picked = torch.gather(logp, 2, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
         return picked * mask, mask
 
+    def next_token_logprobs(self, input_ids: Tensor, attention_mask: Tensor, prompt_index: Tensor) -> Tensor:
+        """[B, V] log-probabilities of the token after each row's input (decoder-only models)."""
+        if self.backbone.is_encoder_decoder:
+            raise ValueError("next_token_logprobs is for decoder-only models")
+        s = self.splice_rows(input_ids, attention_mask, prompt_index)
+        kwargs = self._model_kwargs(s)
+        if self._keep_logits:
+            kwargs["logits_to_keep"] = 1
+        return torch.log_softmax(self.model(**kwargs).logits[:, -1].float(), dim=-1)
+
     def sequence_logprob(self, batch: Batch, prompt_index: Tensor) -> Tensor:
         """[B] summed log-likelihood of each row's target (rank classification's score)."""
         logp, _ = self.target_logprobs(batch, prompt_index)
