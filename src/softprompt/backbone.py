@@ -70,18 +70,19 @@ class Backbone:
         with torch.no_grad():
             return self.embed(ids)
 
-    def fingerprint(self) -> tuple[str, list[float]]:
-        """(sha256 of a fixed float32 slice of the embedding matrix, 8 probe sums of it).
+    def fingerprint(self) -> tuple[str, list[float], list[float]]:
+        """(sha256 of a fixed float32 slice of the embedding matrix, 8 probe sums of it, 8 sums of its magnitudes).
 
         The hash identifies the exact weights; the probe sums let a prompt load onto the same model held in another
-        dtype (bf16 on a GPU), whose hash differs, by comparing them with a relative tolerance.
+        dtype (bf16 on a GPU), whose hash differs. A signed sum can sit near zero, so its tolerance is taken relative
+        to the chunk's magnitude sum (rounding error is bounded by that), not to the sum itself.
         """
         weight = self.model.get_input_embeddings().weight.detach()
         step = max(1, weight.shape[0] // FINGERPRINT_ROWS)
         rows = weight[::step][:FINGERPRINT_ROWS].float().cpu().contiguous()
         digest = hashlib.sha256(rows.numpy().tobytes()).hexdigest()
-        probe = [float(chunk.sum()) for chunk in rows.chunk(8, dim=0)]
-        return digest, probe
+        chunks = rows.chunk(8, dim=0)
+        return digest, [float(c.sum()) for c in chunks], [float(c.abs().sum()) for c in chunks]
 
     def embedding_std(self) -> float:
         """Standard deviation of the consumed embeddings (over a sample of rows): the scale prompts live at."""
@@ -161,6 +162,10 @@ def load_backbone(
         model, tokenizer = _load_pretrained(str(path.parent), path.name, dtype)
     elif path.is_dir():
         model, tokenizer = _load_pretrained(str(path), None, dtype)
+    elif name_or_path.startswith((".", "/", "~")) or path.suffix:
+        # Looks like a local path, not a hub id ("org/name"): say so instead of asking a hub.
+        raise FileNotFoundError(f"model not found: {name_or_path} (not a folder, .gguf file or built-in name; "
+                                "see `softprompt models`)")
     else:
         model, tokenizer = _load_pretrained(name_or_path, None, dtype)
     return make_backbone(model, tokenizer, name_or_path, device=device, dropout=dropout)
