@@ -71,6 +71,7 @@ def task_info(task: ServedTask) -> TaskInfo:
 ERRORS = {404: {"model": ErrorBody, "description": "unknown task"},
           422: {"model": ErrorBody, "description": "invalid request"},
           503: {"model": ErrorBody, "description": "not ready or queue full; retry later"}}
+TaskNamePath = Annotated[str, Path(pattern=NAME_PATTERN, max_length=64, description="task name")]
 ADMIN_ERRORS = {401: {"model": ErrorBody, "description": "no bearer token"},
                 403: {"model": ErrorBody, "description": "wrong token, or admin endpoints disabled"}}
 
@@ -143,8 +144,6 @@ def create_app(engine: Engine, config: ServerConfig | None = None) -> FastAPI:
         return TaskList(model=engine.backbone.name, prefix_cache=engine.prefix_cache,
                         tasks=[task_info(t) for _, t in sorted(engine.tasks.items())])
 
-    name_param = Path(pattern=NAME_PATTERN, max_length=64, description="task name")
-
     @app.put("/v1/prompts/{name}", response_model=TaskInfo, status_code=201, tags=["admin"],
              responses={**ADMIN_ERRORS, 200: {"model": TaskInfo, "description": "replaced a served task"},
                         413: {"model": ErrorBody, "description": "upload too large"},
@@ -153,7 +152,7 @@ def create_app(engine: Engine, config: ServerConfig | None = None) -> FastAPI:
              openapi_extra={"requestBody": {"required": True, "description": "a prompt file (.safetensors)",
                                             "content": {"application/octet-stream": {
                                                 "schema": {"type": "string", "format": "binary"}}}}})
-    async def put_prompt(request: Request, response: Response, name: Annotated[str, name_param]) -> TaskInfo:
+    async def put_prompt(request: Request, response: Response, name: TaskNamePath) -> TaskInfo:
         """Load (or replace) task NAME from a prompt file in the body; requests already queued keep their prompt."""
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > config.max_upload_bytes:
@@ -177,7 +176,7 @@ def create_app(engine: Engine, config: ServerConfig | None = None) -> FastAPI:
     @app.delete("/v1/prompts/{name}", response_model=Deleted, tags=["admin"],
                 responses={**ADMIN_ERRORS, 404: {"model": ErrorBody, "description": "unknown task"}},
                 dependencies=[Depends(admin)])
-    async def delete_prompt(name: Annotated[str, name_param]) -> Deleted:
+    async def delete_prompt(name: TaskNamePath) -> Deleted:
         """Stop serving task NAME; requests already queued for it are still answered."""
         if not engine.remove(name):
             raise HTTPException(404, f"unknown task {name!r}")

@@ -33,7 +33,7 @@ from softprompt.promptfile import PromptFile, PromptFileError, check_compatible,
 from softprompt.server.prefix_cache import (
     PromptKV,
     cached_generate,
-    cached_target_logprobs,
+    cached_sequence_logprob,
     prompt_kv,
     supports_prefix_cache,
 )
@@ -42,6 +42,8 @@ from softprompt.tasks import TaskDataError, get_task
 # Task names: a letter or digit first, then letters, digits, '_', '.', '-' — never a path separator or '..'.
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 _NAME_RE = re.compile(NAME_PATTERN)
+# A forward's rows are cut where padding would exceed this multiple of the real tokens (see Engine._chunks).
+PAD_SLACK = 1.5
 
 
 class TaskError(ValueError):
@@ -205,41 +207,65 @@ class Engine:
         return task
 
     # ---- batched forwards ---------------------------------------------------------------------------------------
-    def _scores(self, rows: Sequence[tuple[Member, str, str]]) -> Tensor:
-        """[R] summed log-likelihood of each (member, input, target) row, in forwards of ``max_batch_rows``."""
-        out = []
-        for start in range(0, len(rows), self.max_batch_rows):
-            chunk = rows[start:start + self.max_batch_rows]
+    def _chunks(self, texts: Sequence[str]) -> list[list[int]]:
+        """Row indices grouped into forwards: sorted by token length so rows of a forward pad little (on CPU a
+        forward costs rows x longest row), cut at ``max_batch_rows`` rows or when padding would pass
+        ``PAD_SLACK`` x the real tokens."""
+        unique = sorted(set(texts))
+        ids = self.backbone.tokenizer(unique, add_special_tokens=False)["input_ids"] if unique else []
+        tokens = {t: len(i) + 1 for t, i in zip(unique, ids, strict=True)}
+        order = sorted(range(len(texts)), key=lambda i: tokens[texts[i]])
+        chunks: list[list[int]] = []
+        real = 0
+        for i in order:
+            n = tokens[texts[i]]
+            cur = chunks[-1] if chunks else None
+            if cur is None or len(cur) >= self.max_batch_rows or (len(cur) + 1) * n > PAD_SLACK * (real + n):
+                chunks.append([i])
+                real = n
+            else:
+                cur.append(i)
+                real += n
+        return chunks
+
+    def _scores(self, rows: Sequence[tuple[Member, str, str]]) -> list[float]:
+        """Summed log-likelihood of each (member, input, target) row."""
+        out = [0.0] * len(rows)
+        for idx in self._chunks([r[1] + r[2] for r in rows]):
+            chunk = [rows[i] for i in idx]
             batch = make_batch(self.backbone.tokenizer, [r[1] for r in chunk], [r[2] for r in chunk],
                                encoder_decoder=self.backbone.is_encoder_decoder,
                                max_input_tokens=self.max_input_tokens)
             if self.prefix_cache:
-                out.append(cached_target_logprobs(self.backbone, [r[0].kv for r in chunk], batch).float().cpu())
+                values = cached_sequence_logprob(self.backbone, [r[0].kv for r in chunk], batch)
             else:
                 pm, index = self._prompted([r[0] for r in chunk])
-                out.append(pm.sequence_logprob(batch, index).float().cpu())
-        return torch.cat(out) if out else torch.zeros(0)
+                values = pm.sequence_logprob(batch, index)
+            for i, v in zip(idx, values.float().cpu().tolist(), strict=True):
+                out[i] = v
+        return out
 
     def _generate(self, rows: Sequence[tuple[Member, str, int]]) -> list[str]:
-        out: list[str] = []
+        """Greedy output text of each (member, input, max_new_tokens) row."""
+        out = [""] * len(rows)
         tok = self.backbone.tokenizer
-        for start in range(0, len(rows), self.max_batch_rows):
-            chunk = rows[start:start + self.max_batch_rows]
+        for idx in self._chunks([r[1] for r in rows]):
+            chunk = [rows[i] for i in idx]
             texts = [r[1] for r in chunk]
             if self.prefix_cache:
                 ids, mask = make_input_batch(tok, texts, self.max_input_tokens)
                 new = cached_generate(self.backbone, [r[0].kv for r in chunk], ids, mask, [r[2] for r in chunk])
-                out += [t.strip() for t in tok.batch_decode(new, skip_special_tokens=True)]
-            else:
-                # generate() takes one max_new_tokens for the whole call: one call per distinct limit in the chunk.
-                texts_out: dict[int, str] = {}
-                for limit in sorted({r[2] for r in chunk}):
-                    picked = [i for i, r in enumerate(chunk) if r[2] == limit]
-                    pm, index = self._prompted([chunk[i][0] for i in picked])
-                    gen = pm.generate([texts[i] for i in picked], index, max_new_tokens=limit,
-                                      max_input_tokens=self.max_input_tokens)
-                    texts_out.update(zip(picked, gen, strict=True))
-                out += [texts_out[i] for i in range(len(chunk))]
+                for i, t in zip(idx, tok.batch_decode(new, skip_special_tokens=True), strict=True):
+                    out[i] = t.strip()
+                continue
+            # generate() takes one max_new_tokens for the whole call: one call per distinct limit in the chunk.
+            for limit in sorted({r[2] for r in chunk}):
+                picked = [j for j, r in enumerate(chunk) if r[2] == limit]
+                pm, index = self._prompted([chunk[j][0] for j in picked])
+                gen = pm.generate([texts[j] for j in picked], index, max_new_tokens=limit,
+                                  max_input_tokens=self.max_input_tokens)
+                for j, t in zip(picked, gen, strict=True):
+                    out[idx[j]] = t
         return out
 
     def _prompted(self, members: Sequence[Member]) -> tuple[PromptedModel, Tensor]:
@@ -265,7 +291,7 @@ class Engine:
                         cls_rows += [(m, formatted, w) for w in job.task.words]
                     else:
                         gen_rows.append((m, formatted, job.max_new_tokens))
-        scores = self._scores(cls_rows).tolist() if cls_rows else []
+        scores = self._scores(cls_rows) if cls_rows else []
         texts = self._generate(gen_rows) if gen_rows else []
         si = gi = 0
         for job in jobs:

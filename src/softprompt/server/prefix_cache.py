@@ -121,9 +121,9 @@ def _forward(backbone: Backbone, prompts: Sequence[PromptKV], ids: Tensor, mask:
 
 
 @torch.no_grad()
-def cached_target_logprobs(backbone: Backbone, prompts: Sequence[PromptKV], batch: Batch) -> Tensor:
-    """[B] summed log-likelihood of each row's target after its cached prompt (what
-    :meth:`softprompt.prompted.PromptedModel.sequence_logprob` gives through the splice)."""
+def cached_target_logprobs(backbone: Backbone, prompts: Sequence[PromptKV], batch: Batch) -> tuple[Tensor, Tensor]:
+    """Per-token log-probabilities of each row's target after its cached prompt: (logp [B, Lt], mask [B, Lt]),
+    what :meth:`softprompt.prompted.PromptedModel.target_logprobs` gives through the splice."""
     ids, mask, labels = _left_align(batch)
     width = int(batch.target_lengths.max())
     logits = _forward(backbone, prompts, ids, mask, width + 1)[:, :-1]  # column i predicts token i + 1
@@ -131,7 +131,12 @@ def cached_target_logprobs(backbone: Backbone, prompts: Sequence[PromptKV], batc
     keep = labels != IGNORE_INDEX
     logp = torch.log_softmax(logits.float(), dim=-1)
     picked = torch.gather(logp, 2, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-    return (picked * keep).sum(dim=1)
+    return picked * keep, keep
+
+
+def cached_sequence_logprob(backbone: Backbone, prompts: Sequence[PromptKV], batch: Batch) -> Tensor:
+    """[B] summed log-likelihood of each row's target (rank classification's score)."""
+    return cached_target_logprobs(backbone, prompts, batch)[0].sum(dim=1)
 
 
 @torch.no_grad()
