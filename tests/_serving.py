@@ -55,3 +55,32 @@ def offline_scores(backbone: Backbone, prompt: torch.Tensor, inputs: list[str], 
     """[E, K] scores through the library's offline path (evaluate.score_choices over the splice)."""
     pm = PromptedModel(backbone, PromptBank(prompt.unsqueeze(0)))
     return score_choices(pm, [Example(t, words[0], words) for t in inputs])[0]
+
+
+class LiveServer:
+    """The app under uvicorn on 127.0.0.1 (a free port) in a background thread: ``with LiveServer(app) as url``."""
+
+    def __init__(self, app: object) -> None:
+        import uvicorn
+
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning",
+                                                    lifespan="on"))
+        self.thread: object = None
+
+    def __enter__(self) -> str:
+        import threading
+        import time
+
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.02)
+        port = self.server.servers[0].sockets[0].getsockname()[1]
+        return f"http://127.0.0.1:{port}"
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)

@@ -246,7 +246,8 @@ def test_bad_requests(client: TestClient, path: str, body: dict, code: int) -> N
 def test_malformed_json(client: TestClient) -> None:
     for raw in (b"{", b"", b"null", b"[]", b"\xff\xfe"):
         r = client.post("/v1/classify", content=raw, headers={"Content-Type": "application/json"})
-        assert r.status_code == 422, (raw, r.status_code)
+        assert r.status_code in (400, 422), (raw, r.status_code)
+        assert r.json()["detail"]
     r = client.post("/v1/classify", content=b"task=a", headers={"Content-Type": "text/plain"})
     assert 400 <= r.status_code < 500
 

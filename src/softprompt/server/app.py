@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Path, Request, Response, status
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from softprompt.promptfile import PromptFileError
@@ -68,7 +70,8 @@ def task_info(task: ServedTask) -> TaskInfo:
                     source_task=task.source_task, base_model=task.base_model)
 
 
-ERRORS = {404: {"model": ErrorBody, "description": "unknown task"},
+ERRORS = {400: {"model": ErrorBody, "description": "unparseable body"},
+          404: {"model": ErrorBody, "description": "unknown task"},
           422: {"model": ErrorBody, "description": "invalid request"},
           503: {"model": ErrorBody, "description": "not ready or queue full; retry later"}}
 TaskNamePath = Annotated[str, Path(pattern=NAME_PATTERN, max_length=64, description="task name")]
@@ -103,6 +106,14 @@ def create_app(engine: Engine, config: ServerConfig | None = None) -> FastAPI:
         metrics.requests.labels(route, str(response.status_code)).inc()
         metrics.latency.labels(route).observe(time.perf_counter() - t0)
         return response
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, err: RequestValidationError) -> JSONResponse:
+        # One readable line in ``detail`` (the same shape as every other error), the structured list in ``errors``
+        # without the offending input echoed back (it may be 64 x 4000 characters).
+        errors = [{k: v for k, v in e.items() if k in ("loc", "msg", "type")} for e in err.errors()]
+        detail = "; ".join(f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in errors) or "invalid request"
+        return JSONResponse(jsonable_encoder({"detail": detail, "errors": errors}), status_code=422)
 
     @app.exception_handler(Overloaded)
     async def overloaded(request: Request, err: Overloaded) -> JSONResponse:
@@ -174,7 +185,8 @@ def create_app(engine: Engine, config: ServerConfig | None = None) -> FastAPI:
         return task_info(task)
 
     @app.delete("/v1/prompts/{name}", response_model=Deleted, tags=["admin"],
-                responses={**ADMIN_ERRORS, 404: {"model": ErrorBody, "description": "unknown task"}},
+                responses={**ADMIN_ERRORS, 404: {"model": ErrorBody, "description": "unknown task"},
+                           422: {"model": ErrorBody, "description": "invalid task name"}},
                 dependencies=[Depends(admin)])
     async def delete_prompt(name: TaskNamePath) -> Deleted:
         """Stop serving task NAME; requests already queued for it are still answered."""

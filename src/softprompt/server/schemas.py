@@ -93,4 +93,5 @@ class Deleted(BaseModel):
 
 
 class ErrorBody(BaseModel):
-    detail: str
+    detail: str = Field(description="what was wrong, in one line")
+    errors: list[dict] | None = Field(None, description="422 only: each invalid field (loc, msg, type)")
