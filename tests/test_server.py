@@ -301,3 +301,62 @@ def test_t5_served_through_the_splice(tmp_path: Path) -> None:
     ref = offline_scores(backbone, prompt, TEXTS[:4], WORDS)
     assert [r["label"] for r in results] == [list(VERBALIZER)[int(s.argmax())] for s in ref]
     assert gen.status_code == 200
+
+
+def test_serve_command_end_to_end(tiny_dirs, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """`softprompt serve` as a user runs it: a subprocess on 127.0.0.1, driven by the Python client."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    backbone = tiny("llama")  # the same weights as the saved tiny llama folder (same seed)
+    prompt = write_prompt(backbone, tmp_path / "prompts" / "t.safetensors", 3, 5)
+    write_prompt(backbone, tmp_path / "u.safetensors", 2, 6)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    proc = subprocess.Popen([sys.executable, "-m", "softprompt", "serve", "--model", str(tiny_dirs["llama"]),
+                             "--prompts", str(tmp_path / "prompts"), "--port", str(port), "--admin-token", TOKEN],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        with Client(f"http://127.0.0.1:{port}", token=TOKEN, timeout=30) as c:
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    c.health()
+                    break
+                except httpx.HTTPError:
+                    assert proc.poll() is None and time.monotonic() < deadline, "server did not start"
+                    time.sleep(0.2)
+            got = c.classify("t", TEXTS[:3])
+            ref = offline_scores(backbone, prompt, TEXTS[:3], WORDS)
+            assert [r["label"] for r in got] == [list(VERBALIZER)[int(s.argmax())] for s in ref]
+            assert c.put_prompt("u", tmp_path / "u.safetensors")["name"] == "u"
+            assert [t["name"] for t in c.tasks()] == ["t", "u"]
+    finally:
+        proc.terminate()
+        out = proc.communicate(timeout=30)[0].decode()
+    assert "1 task(s)" in out and "prefix cache on" in out
+
+
+def test_full_queue_is_503_with_retry_after(served) -> None:  # type: ignore[no-untyped-def]
+    backbone, root, _ = served
+    engine = Engine(backbone)
+    engine.load_dir(root)
+    app = create_app(engine, ServerConfig(max_queue_rows=4, max_wait_ms=300))
+
+    async def go() -> list[httpx.Response]:
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+                first = asyncio.create_task(c.post("/v1/classify", json={"task": "a", "inputs": ["x"]}))  # 3 rows
+                await asyncio.sleep(0.05)  # queued, waiting for company
+                second = await c.post("/v1/classify", json={"task": "b", "inputs": ["y"]})
+                return [await first, second]
+
+    first, second = asyncio.run(go())
+    assert first.status_code == 200
+    assert second.status_code == 503 and second.headers["retry-after"] == "1" and "queue full" in second.text
