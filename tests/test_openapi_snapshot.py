@@ -7,7 +7,10 @@ import json
 import os
 from pathlib import Path
 
-from _serving import tiny
+from _serving import (
+    one_thread,  # noqa: F401  (autouse: tiny models on one thread)
+    tiny,
+)
 from softprompt.server import Engine, create_app
 
 SNAPSHOT = Path(__file__).resolve().parents[1] / "docs" / "openapi.json"

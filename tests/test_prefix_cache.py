@@ -5,7 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from _serving import tiny
+from _serving import (
+    one_thread,  # noqa: F401  (autouse: tiny models on one thread)
+    tiny,
+)
 from softprompt.bank import PromptBank
 from softprompt.batching import make_batch, make_input_batch
 from softprompt.prompted import PromptedModel

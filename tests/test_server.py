@@ -14,7 +14,15 @@ import torch
 from fastapi.testclient import TestClient
 from safetensors.torch import save_file
 
-from _serving import TEXTS, VERBALIZER, make_prompt_dir, offline_scores, tiny, write_prompt
+from _serving import (
+    TEXTS,
+    VERBALIZER,
+    make_prompt_dir,
+    offline_scores,
+    one_thread,  # noqa: F401  (autouse: tiny models on one thread)
+    tiny,
+    write_prompt,
+)
 from softprompt.bank import PromptBank
 from softprompt.cli import main
 from softprompt.prompted import PromptedModel
@@ -319,7 +327,8 @@ def test_serve_command_end_to_end(tiny_dirs, tmp_path: Path) -> None:  # type: i
         port = s.getsockname()[1]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
     proc = subprocess.Popen([sys.executable, "-m", "softprompt", "serve", "--model", str(tiny_dirs["llama"]),
-                             "--prompts", str(tmp_path / "prompts"), "--port", str(port), "--admin-token", TOKEN],
+                             "--prompts", str(tmp_path / "prompts"), "--port", str(port), "--admin-token", TOKEN,
+                             "--threads", "1"],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         with Client(f"http://127.0.0.1:{port}", token=TOKEN, timeout=30) as c:

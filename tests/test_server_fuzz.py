@@ -11,7 +11,13 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis.specs.openapi import checks
 
-from _serving import LiveServer, make_prompt_dir, tiny, write_prompt
+from _serving import (
+    LiveServer,
+    make_prompt_dir,
+    one_thread,  # noqa: F401  (autouse: tiny models on one thread)
+    tiny,
+    write_prompt,
+)
 from softprompt.server import Engine, ServerConfig, create_app
 
 TOKEN = "fuzz-admin-token"

@@ -13,14 +13,23 @@ from pathlib import Path
 import httpx
 import torch
 
-from _serving import TEXTS, VERBALIZER, LiveServer, make_prompt_dir, offline_scores, tiny, write_prompt
+from _serving import (
+    TEXTS,
+    VERBALIZER,
+    LiveServer,
+    make_prompt_dir,
+    offline_scores,
+    one_thread,  # noqa: F401  (autouse: tiny models on one thread)
+    tiny,
+    write_prompt,
+)
 from softprompt.bank import PromptBank
 from softprompt.prompted import PromptedModel
 from softprompt.server import Engine, ServerConfig, create_app
 from softprompt.tasks import get_task
 
 CLIENTS = 32
-SECONDS = 20.0  # each client stops sending after this
+SECONDS = 12.0  # each client stops sending after this
 MAX_REQUESTS = 1200  # or after this many requests in all
 TOKEN = "load-admin-token"
 LABELS = list(VERBALIZER)
@@ -128,6 +137,7 @@ def test_load_with_hot_reload(tmp_path: Path) -> None:
         metrics = httpx.get(url + "/metrics").text
 
     answered = sum(n for k, n in status.items() if not k.startswith("admin"))
+    print(f"load: {answered} requests, statuses {dict(sorted(status.items()))}")
     assert not failures, f"{len(failures)} failures, e.g. {failures[:5]}; statuses {dict(status)}"
     assert answered == sent and answered >= 200, dict(status)
     assert status["hot 200"] > 0 and status["admin put 201"] > 1 and status["admin delete 200"] > 1, dict(status)
