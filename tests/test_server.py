@@ -369,3 +369,37 @@ def test_full_queue_is_503_with_retry_after(served) -> None:  # type: ignore[no-
     first, second = asyncio.run(go())
     assert first.status_code == 200
     assert second.status_code == 503 and second.headers["retry-after"] == "1" and "queue full" in second.text
+
+
+def test_a_failing_job_fails_alone(served) -> None:  # type: ignore[no-untyped-def]
+    from dataclasses import replace
+
+    from softprompt.server.batcher import Batcher
+    from softprompt.server.metrics import ServerMetrics
+
+    backbone, root, _ = served
+    engine = Engine(backbone)
+    engine.load_dir(root)
+    broken = replace(engine.get("a"), words=("", " no", " yes"))  # a target of no tokens: make_batch raises
+
+    async def go() -> tuple[object, object]:
+        batcher = Batcher(engine, ServerMetrics(), max_wait_ms=100)
+        await batcher.start()
+        try:
+            return tuple(await asyncio.gather(batcher.submit(Job("classify", engine.get("b"), ["x"])),
+                                              batcher.submit(Job("classify", broken, ["y"])),
+                                              return_exceptions=True))
+        finally:
+            await batcher.stop()
+
+    good, bad = asyncio.run(go())
+    assert isinstance(good, Job) and good.result[0]["label"] in VERBALIZER
+    assert isinstance(bad, ValueError) and "no tokens" in str(bad)
+
+
+def test_empty_label_text_refused_at_load(client: TestClient, served, tmp_path: Path
+                                          ) -> None:  # type: ignore[no-untyped-def]
+    backbone, _, _ = served
+    write_prompt(backbone, tmp_path / "e.safetensors", 2, 1, verbalizer={"x": "", "y": " yes"})
+    r = client.put("/v1/prompts/e", content=(tmp_path / "e.safetensors").read_bytes(), headers=auth())
+    assert r.status_code == 422 and "no tokens" in r.json()["detail"]

@@ -125,16 +125,32 @@ class Batcher:
             self.metrics.batch_tasks.observe(len({id(j.task) for j in jobs}))
             t0 = time.perf_counter()
             try:
-                await loop.run_in_executor(self._executor, self.engine.run, jobs)
-            except (Exception, asyncio.CancelledError) as err:  # a failed batch fails its requests, not the collector
+                await loop.run_in_executor(self._executor, self._run, jobs)
+            except asyncio.CancelledError:  # shutting down mid-batch: fail its requests, then stop
                 for _, fut in taken:
                     if not fut.done():
-                        fut.set_exception(err if isinstance(err, Exception) else Overloaded("server shutting down"))
-                if isinstance(err, asyncio.CancelledError):
-                    raise
-                continue
+                        fut.set_exception(Overloaded("server shutting down"))
+                raise
             finally:
                 self.metrics.batch_seconds.observe(time.perf_counter() - t0)
             for job, fut in taken:
                 if not fut.done():
-                    fut.set_result(job)
+                    if job.error is not None:
+                        fut.set_exception(job.error)
+                    else:
+                        fut.set_result(job)
+
+    def _run(self, jobs: list[Job]) -> None:
+        """Run a batch on the worker; if it fails, run its jobs one by one so that one bad job fails alone."""
+        try:
+            self.engine.run(jobs)
+            return
+        except Exception as err:
+            if len(jobs) == 1:
+                jobs[0].error = err
+                return
+        for job in jobs:
+            try:
+                self.engine.run([job])
+            except Exception as err:
+                job.error = err

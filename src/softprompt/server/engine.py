@@ -95,6 +95,7 @@ class Job:
     inputs: list[str]
     max_new_tokens: int = 0
     result: list[dict] = field(default_factory=list)
+    error: Exception | None = None  # set instead of result when this job's rows failed
 
     @property
     def rows(self) -> int:
@@ -147,6 +148,9 @@ class Engine:
         for other in files[1:]:
             if dict(other.meta.verbalizer or verbalizer) != verbalizer:
                 raise PromptFileError(f"{where}: ensemble members disagree on the verbalizer")
+        for label, word in verbalizer.items():
+            if not self.backbone.tokenizer(word, add_special_tokens=False)["input_ids"]:
+                raise PromptFileError(f"{where}: label {label!r} has target text {word!r}, which is no tokens")
         members = tuple(self.member(pf) for pf in files)
         return ServedTask(name, members, template, tuple(verbalizer), tuple(verbalizer.values()), meta.task,
                           meta.base_model)
