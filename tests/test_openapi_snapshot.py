@@ -1,0 +1,30 @@
+"""The committed OpenAPI spec (docs/openapi.json) is the API the server serves: a change to routes or schemas shows up
+in review. Regenerate with ``SOFTPROMPT_UPDATE_OPENAPI=1 python -m pytest tests/test_openapi_snapshot.py``."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from _serving import (
+    one_thread,  # noqa: F401  (autouse: tiny models on one thread)
+    tiny,
+)
+from softprompt.server import Engine, create_app
+
+SNAPSHOT = Path(__file__).resolve().parents[1] / "docs" / "openapi.json"
+
+
+def test_openapi_matches_snapshot() -> None:
+    spec = create_app(Engine(tiny("llama"))).openapi()
+    text = json.dumps(spec, indent=2, sort_keys=True) + "\n"
+    if os.environ.get("SOFTPROMPT_UPDATE_OPENAPI"):
+        SNAPSHOT.write_text(text)
+    assert SNAPSHOT.is_file(), f"{SNAPSHOT} missing; regenerate it (see this module's docstring)"
+    assert json.loads(SNAPSHOT.read_text()) == spec, ("the API changed: review and regenerate docs/openapi.json "
+                                                     "(see this module's docstring)")
+    # The spec documents the limits clients rely on.
+    classify = spec["components"]["schemas"]["ClassifyRequest"]["properties"]["inputs"]
+    assert classify["maxItems"] == 64 and classify["minItems"] == 1
+    assert "/v1/prompts/{name}" in spec["paths"] and "/metrics" in spec["paths"]

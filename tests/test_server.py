@@ -1,0 +1,405 @@
+"""The HTTP API on a tiny model: answers equal the offline path, mixed batches equal single rows, admin and bad
+input give 4xx with clear messages and never stop the server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+from pathlib import Path
+
+import httpx
+import pytest
+import torch
+from fastapi.testclient import TestClient
+from safetensors.torch import save_file
+
+from _serving import (
+    TEXTS,
+    VERBALIZER,
+    make_prompt_dir,
+    offline_scores,
+    one_thread,  # noqa: F401  (autouse: tiny models on one thread)
+    tiny,
+    write_prompt,
+)
+from softprompt.bank import PromptBank
+from softprompt.cli import main
+from softprompt.prompted import PromptedModel
+from softprompt.promptfile import PromptMeta
+from softprompt.server import Engine, ServerConfig, create_app
+from softprompt.server.app import ConfigError
+from softprompt.server.client import Client, ServerError
+from softprompt.server.engine import Job
+from softprompt.tasks import get_task
+
+TOKEN = "test-admin-token"
+WORDS = tuple(VERBALIZER.values())
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    backbone = tiny("llama")
+    root = tmp_path_factory.mktemp("prompts")
+    prompts = make_prompt_dir(backbone, root)
+    return backbone, root, prompts
+
+
+@pytest.fixture
+def client(served) -> TestClient:  # type: ignore[no-untyped-def]
+    backbone, root, _ = served
+    engine = Engine(backbone, max_batch_rows=16)
+    engine.load_dir(root)
+    with TestClient(create_app(engine, ServerConfig(admin_token=TOKEN, admin=True, max_upload_bytes=64_000))) as c:
+        yield c
+
+
+def auth(token: str = TOKEN) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def test_tasks_and_health(client: TestClient) -> None:
+    assert client.get("/health").json() == {"status": "ok", "tasks": 6}
+    body = client.get("/v1/tasks").json()
+    assert body["prefix_cache"] is True
+    tasks = {t["name"]: t for t in body["tasks"]}
+    assert sorted(tasks) == ["a", "b", "c", "ens", "gen", "sent"]
+    assert tasks["ens"]["prompts"] == 3 and tasks["ens"]["prompt_lengths"] == [2, 3, 4]
+    assert tasks["gen"]["kind"] == "generation"
+    assert tasks["sent"]["labels"] == ["0", "1"]  # sst2's verbalizer, from the prompt's task
+
+
+@pytest.mark.parametrize("task", ["a", "b", "c"])
+def test_classify_equals_offline(client: TestClient, served, task: str) -> None:  # type: ignore[no-untyped-def]
+    backbone, _, prompts = served
+    results = client.post("/v1/classify", json={"task": task, "inputs": TEXTS}).json()["results"]
+    ref = offline_scores(backbone, prompts[task][0], TEXTS, WORDS)
+    labels = list(VERBALIZER)
+    for r, s, text in zip(results, ref, TEXTS, strict=True):
+        assert r["input"] == text
+        assert r["label"] == labels[int(s.argmax())]
+        assert r["text"] == VERBALIZER[r["label"]].strip()
+        for lab, v in zip(labels, s.tolist(), strict=True):
+            assert math.isclose(r["scores"][lab], v, abs_tol=1e-4)
+
+
+def test_known_task_template(client: TestClient, served) -> None:  # type: ignore[no-untyped-def]
+    backbone, _, prompts = served
+    sst2 = get_task("sst2")
+    results = client.post("/v1/classify", json={"task": "sent", "inputs": TEXTS}).json()["results"]
+    formatted = [sst2.text_template.replace("{text}", t) for t in TEXTS]
+    ref = offline_scores(backbone, prompts["sent"][0], formatted, tuple(sst2.verbalizer.values()))
+    assert [r["label"] for r in results] == [list(sst2.verbalizer)[int(s.argmax())] for s in ref]
+
+
+def test_ensemble_majority_vote(client: TestClient, served) -> None:  # type: ignore[no-untyped-def]
+    backbone, _, prompts = served
+    results = client.post("/v1/classify", json={"task": "ens", "inputs": TEXTS}).json()["results"]
+    per_member = torch.stack([offline_scores(backbone, p, TEXTS, WORDS) for p in prompts["ens"]])  # [3, E, K]
+    labels = list(VERBALIZER)
+    for e, r in enumerate(results):
+        votes = [labels[int(per_member[m, e].argmax())] for m in range(3)]
+        assert r["votes"] == {lab: votes.count(lab) for lab in set(votes)}
+        assert votes.count(r["label"]) == max(votes.count(v) for v in votes)
+        assert math.isclose(r["scores"]["pos"], float(per_member[:, e, labels.index("pos")].mean()), abs_tol=1e-4)
+
+
+def test_generate_equals_offline(client: TestClient, served) -> None:  # type: ignore[no-untyped-def]
+    backbone, _, prompts = served
+    body = {"task": "gen", "inputs": TEXTS, "max_new_tokens": 5}
+    got = [r["text"] for r in client.post("/v1/generate", json=body).json()["results"]]
+    pm = PromptedModel(backbone, PromptBank(prompts["gen"][0].unsqueeze(0)))
+    assert got == pm.generate(TEXTS, torch.zeros(len(TEXTS), dtype=torch.long), max_new_tokens=5)
+
+
+@pytest.mark.parametrize("prefix_cache", [True, False])
+def test_mixed_batch_equals_alone(served, prefix_cache: bool) -> None:  # type: ignore[no-untyped-def]
+    backbone, root, _ = served
+    engine = Engine(backbone, max_batch_rows=64, prefix_cache=prefix_cache)
+    engine.load_dir(root)
+    jobs = [Job("classify", engine.get(t), TEXTS[i:i + 3]) for i, t in enumerate(["a", "b", "ens", "c", "sent"])]
+    jobs.append(Job("generate", engine.get("gen"), TEXTS[:4], max_new_tokens=4))
+    jobs.append(Job("generate", engine.get("a"), TEXTS[2:5], max_new_tokens=2))
+    engine.run(jobs)
+    for job in jobs:
+        alone = Job(job.kind, job.task, job.inputs, job.max_new_tokens)
+        engine.run([alone])
+        for r, a in zip(job.result, alone.result, strict=True):
+            assert r["text"] == a["text"] and r.get("label") == a.get("label")
+            for lab in r.get("scores", {}):
+                assert math.isclose(r["scores"][lab], a["scores"][lab], abs_tol=1e-5)
+
+
+def test_concurrent_requests_share_a_forward(served) -> None:  # type: ignore[no-untyped-def]
+    backbone, root, _ = served
+    engine = Engine(backbone, max_batch_rows=256)
+    engine.load_dir(root)
+    app = create_app(engine, ServerConfig(max_batch_rows=256, max_wait_ms=200))
+    tasks = ["a", "b", "c", "ens", "sent"] * 4
+
+    async def go() -> list[httpx.Response]:
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+                out = await asyncio.gather(*(c.post("/v1/classify", json={"task": t, "inputs": [TEXTS[i % 8]]})
+                                             for i, t in enumerate(tasks)))
+                metrics = (await c.get("/metrics")).text
+                return [*out, metrics]
+
+    *responses, metrics = asyncio.run(go())
+    assert all(r.status_code == 200 for r in responses)
+    # All 20 requests (5 tasks) arrived within the 200 ms window: fewer batches than requests, several tasks each.
+    count = float(next(line.split()[-1] for line in metrics.splitlines()
+                       if line.startswith("softprompt_batch_tasks_count")))
+    total_tasks = float(next(line.split()[-1] for line in metrics.splitlines()
+                             if line.startswith("softprompt_batch_tasks_sum")))
+    assert count < len(tasks) and total_tasks / count > 1
+
+
+def test_admin_auth(client: TestClient, served, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    backbone, _, _ = served
+    write_prompt(backbone, tmp_path / "p.safetensors", 3, 42)
+    body = (tmp_path / "p.safetensors").read_bytes()
+    r = client.put("/v1/prompts/new", content=body)
+    assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
+    assert client.put("/v1/prompts/new", content=body, headers=auth("wrong-token!")).status_code == 403
+    assert client.delete("/v1/prompts/a", headers={"Authorization": "Basic abc"}).status_code == 401
+    assert client.delete("/v1/prompts/a", headers=auth("nope-nope")).status_code == 403
+    assert client.post("/v1/classify", json={"task": "a", "inputs": ["x"]}).status_code == 200  # a still served
+
+
+def test_hot_load_replace_delete(client: TestClient, served, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    backbone, _, _ = served
+    prompt = write_prompt(backbone, tmp_path / "p.safetensors", 3, 42)
+    c = Client(http=client, token=TOKEN)
+    info = client.put("/v1/prompts/new", content=(tmp_path / "p.safetensors").read_bytes(), headers=auth())
+    assert info.status_code == 201 and info.json()["prompt_lengths"] == [3]
+    got = c.classify("new", TEXTS[:3])
+    ref = offline_scores(backbone, prompt, TEXTS[:3], WORDS)
+    assert [r["label"] for r in got] == [list(VERBALIZER)[int(s.argmax())] for s in ref]
+    write_prompt(backbone, tmp_path / "q.safetensors", 6, 43)
+    assert c.put_prompt("new", tmp_path / "q.safetensors")["prompt_lengths"] == [6]  # replaced (200)
+    assert c.delete_prompt("new") == {"deleted": "new"}
+    with pytest.raises(ServerError) as err:
+        c.classify("new", ["x"])
+    assert err.value.status == 404 and "unknown task 'new'" in err.value.detail
+    assert client.delete("/v1/prompts/new", headers=auth()).status_code == 404
+
+
+def nan_prompt(backbone, path: Path) -> bytes:  # type: ignore[no-untyped-def]
+    meta = PromptMeta.for_backbone(backbone, 2)
+    prompt = torch.zeros(2, backbone.hidden_size)
+    prompt[0, 0] = float("nan")
+    header = {"format": "softprompt", "format_version": "1", "softprompt": json.dumps(meta.__dict__)}
+    save_file({"prompt": prompt}, str(path), metadata=header)
+    return path.read_bytes()
+
+
+def test_bad_uploads_are_4xx_and_server_keeps_serving(client: TestClient, tmp_path: Path) -> None:
+    other = tiny("qwen2")  # same hidden size, other weights: the fingerprint must refuse it
+    write_prompt(other, tmp_path / "other.safetensors", 3, 1)
+    small = tiny("llama")
+    from softprompt.tiny import tiny_model
+
+    m16, tok = tiny_model("llama", hidden=16)
+    from softprompt.backbone import make_backbone
+
+    write_prompt(make_backbone(m16, tok, "tiny-16"), tmp_path / "h16.safetensors", 3, 1)
+    save_file({"weight": torch.zeros(2, 2)}, str(tmp_path / "plain.safetensors"))
+    cases = {
+        "other": ((tmp_path / "other.safetensors").read_bytes(), 422, "different model"),
+        "h16": ((tmp_path / "h16.safetensors").read_bytes(), 422, "hidden size 16"),
+        "nan": (nan_prompt(small, tmp_path / "nan.safetensors"), 422, "NaN"),
+        "garbage": (b"this is not a safetensors file" * 10, 422, "not a readable safetensors"),
+        "plain": ((tmp_path / "plain.safetensors").read_bytes(), 422, "no 'prompt' tensor"),
+        "empty": (b"", 422, "empty body"),
+        "huge": (b"\0" * 70_000, 413, "exceeds the limit"),
+    }
+    for name, (body, code, message) in cases.items():
+        r = client.put(f"/v1/prompts/{name}", content=body, headers=auth())
+        assert r.status_code == code, (name, r.text)
+        assert message in r.json()["detail"], (name, r.json())
+        assert "/tmp" not in r.json()["detail"]  # the message names the upload, not a server path
+        assert client.post("/v1/classify", json={"task": "a", "inputs": ["x"]}).status_code == 200
+    assert {t["name"] for t in client.get("/v1/tasks").json()["tasks"]} == {"a", "b", "c", "ens", "gen", "sent"}
+
+
+@pytest.mark.parametrize("name", ["..", "..%2F..%2Fetc", "a..b", ".hidden", "x" * 65, "a b", "a%00b", "-x"])
+def test_unsafe_names_refused(client: TestClient, name: str) -> None:
+    r = client.put(f"/v1/prompts/{name}", content=b"x", headers=auth())
+    assert 400 <= r.status_code < 500, (name, r.status_code)
+    assert client.get("/health").status_code == 200
+
+
+@pytest.mark.parametrize(("path", "body", "code"), [
+    ("/v1/classify", {"task": "nope", "inputs": ["x"]}, 404),
+    ("/v1/classify", {"task": "a", "inputs": []}, 422),
+    ("/v1/classify", {"task": "a", "inputs": ["x"] * 65}, 422),
+    ("/v1/classify", {"task": "a", "inputs": ["x" * 4001]}, 422),
+    ("/v1/classify", {"task": "a", "inputs": "x"}, 422),
+    ("/v1/classify", {"task": "a", "inputs": [3]}, 422),
+    ("/v1/classify", {"task": "a", "inputs": ["x"], "extra": 1}, 422),
+    ("/v1/classify", {"task": "../a", "inputs": ["x"]}, 422),
+    ("/v1/classify", {"task": "gen", "inputs": ["x"]}, 422),
+    ("/v1/generate", {"task": "gen", "inputs": ["x"], "max_new_tokens": 0}, 422),
+    ("/v1/generate", {"task": "gen", "inputs": ["x"], "max_new_tokens": 10_000}, 422),
+    ("/v1/generate", {"inputs": ["x"]}, 422),
+])
+def test_bad_requests(client: TestClient, path: str, body: dict, code: int) -> None:
+    r = client.post(path, json=body)
+    assert r.status_code == code, r.text
+    assert r.json()["detail"]
+
+
+def test_malformed_json(client: TestClient) -> None:
+    for raw in (b"{", b"", b"null", b"[]", b"\xff\xfe"):
+        r = client.post("/v1/classify", content=raw, headers={"Content-Type": "application/json"})
+        assert r.status_code in (400, 422), (raw, r.status_code)
+        assert r.json()["detail"]
+    r = client.post("/v1/classify", content=b"task=a", headers={"Content-Type": "text/plain"})
+    assert 400 <= r.status_code < 500
+
+
+def test_long_input_is_truncated_not_refused(client: TestClient) -> None:
+    r = client.post("/v1/classify", json={"task": "b", "inputs": ["word " * 799]})
+    assert r.status_code == 200
+
+
+def test_metrics(client: TestClient) -> None:
+    client.post("/v1/classify", json={"task": "a", "inputs": ["x", "y"]})
+    client.post("/v1/classify", json={"task": "nope", "inputs": ["x"]})
+    text = client.get("/metrics").text
+    assert 'softprompt_requests_total{route="/v1/classify",status="200"}' in text
+    assert 'softprompt_requests_total{route="/v1/classify",status="404"}' in text
+    for name in ("softprompt_request_latency_seconds_bucket", "softprompt_batch_rows_bucket",
+                 "softprompt_queue_rows", "softprompt_tasks 6.0"):
+        assert name in text
+
+
+def test_admin_disabled_and_config_errors(served) -> None:  # type: ignore[no-untyped-def]
+    backbone, root, _ = served
+    with pytest.raises(ConfigError, match="no admin token"):
+        ServerConfig(admin=True)
+    with pytest.raises(ConfigError, match="at least 8"):
+        ServerConfig(admin=True, admin_token="short")
+    engine = Engine(backbone)
+    engine.load_dir(root)
+    with TestClient(create_app(engine)) as c:
+        r = c.delete("/v1/prompts/a", headers=auth())
+        assert r.status_code == 403 and "disabled" in r.json()["detail"]
+
+
+def test_cli_refuses_admin_without_token(tiny_dirs, tmp_path: Path, capsys: pytest.CaptureFixture,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.delenv("SOFTPROMPT_ADMIN_TOKEN", raising=False)
+    assert main(["serve", "--model", str(tiny_dirs["llama"]), "--prompts", str(tmp_path), "--admin"]) == 2
+    assert "no admin token" in capsys.readouterr().err
+    assert main(["serve", "--model", str(tiny_dirs["llama"]), "--prompts", str(tmp_path / "missing")]) == 2
+
+
+def test_t5_served_through_the_splice(tmp_path: Path) -> None:
+    backbone = tiny("t5")
+    prompt = write_prompt(backbone, tmp_path / "t.safetensors", 3, 1)
+    engine = Engine(backbone)
+    engine.load_dir(tmp_path)
+    assert not engine.prefix_cache
+    with TestClient(create_app(engine)) as c:
+        results = c.post("/v1/classify", json={"task": "t", "inputs": TEXTS[:4]}).json()["results"]
+        gen = c.post("/v1/generate", json={"task": "t", "inputs": TEXTS[:2], "max_new_tokens": 3})
+    ref = offline_scores(backbone, prompt, TEXTS[:4], WORDS)
+    assert [r["label"] for r in results] == [list(VERBALIZER)[int(s.argmax())] for s in ref]
+    assert gen.status_code == 200
+
+
+def test_serve_command_end_to_end(tiny_dirs, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """`softprompt serve` as a user runs it: a subprocess on 127.0.0.1, driven by the Python client."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    backbone = tiny("llama")  # the same weights as the saved tiny llama folder (same seed)
+    prompt = write_prompt(backbone, tmp_path / "prompts" / "t.safetensors", 3, 5)
+    write_prompt(backbone, tmp_path / "u.safetensors", 2, 6)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    proc = subprocess.Popen([sys.executable, "-m", "softprompt", "serve", "--model", str(tiny_dirs["llama"]),
+                             "--prompts", str(tmp_path / "prompts"), "--port", str(port), "--admin-token", TOKEN,
+                             "--threads", "1"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        with Client(f"http://127.0.0.1:{port}", token=TOKEN, timeout=30) as c:
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    c.health()
+                    break
+                except httpx.HTTPError:
+                    assert proc.poll() is None and time.monotonic() < deadline, "server did not start"
+                    time.sleep(0.2)
+            got = c.classify("t", TEXTS[:3])
+            ref = offline_scores(backbone, prompt, TEXTS[:3], WORDS)
+            assert [r["label"] for r in got] == [list(VERBALIZER)[int(s.argmax())] for s in ref]
+            assert c.put_prompt("u", tmp_path / "u.safetensors")["name"] == "u"
+            assert [t["name"] for t in c.tasks()] == ["t", "u"]
+    finally:
+        proc.terminate()
+        out = proc.communicate(timeout=30)[0].decode()
+    assert "1 task(s)" in out and "prefix cache on" in out
+
+
+def test_full_queue_is_503_with_retry_after(served) -> None:  # type: ignore[no-untyped-def]
+    backbone, root, _ = served
+    engine = Engine(backbone)
+    engine.load_dir(root)
+    app = create_app(engine, ServerConfig(max_queue_rows=4, max_wait_ms=300))
+
+    async def go() -> list[httpx.Response]:
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+                first = asyncio.create_task(c.post("/v1/classify", json={"task": "a", "inputs": ["x"]}))  # 3 rows
+                await asyncio.sleep(0.05)  # queued, waiting for company
+                second = await c.post("/v1/classify", json={"task": "b", "inputs": ["y"]})
+                return [await first, second]
+
+    first, second = asyncio.run(go())
+    assert first.status_code == 200
+    assert second.status_code == 503 and second.headers["retry-after"] == "1" and "queue full" in second.text
+
+
+def test_a_failing_job_fails_alone(served) -> None:  # type: ignore[no-untyped-def]
+    from dataclasses import replace
+
+    from softprompt.server.batcher import Batcher
+    from softprompt.server.metrics import ServerMetrics
+
+    backbone, root, _ = served
+    engine = Engine(backbone)
+    engine.load_dir(root)
+    broken = replace(engine.get("a"), words=("", " no", " yes"))  # a target of no tokens: make_batch raises
+
+    async def go() -> tuple[object, object]:
+        batcher = Batcher(engine, ServerMetrics(), max_wait_ms=100)
+        await batcher.start()
+        try:
+            return tuple(await asyncio.gather(batcher.submit(Job("classify", engine.get("b"), ["x"])),
+                                              batcher.submit(Job("classify", broken, ["y"])),
+                                              return_exceptions=True))
+        finally:
+            await batcher.stop()
+
+    good, bad = asyncio.run(go())
+    assert isinstance(good, Job) and good.result[0]["label"] in VERBALIZER
+    assert isinstance(bad, ValueError) and "no tokens" in str(bad)
+
+
+def test_empty_label_text_refused_at_load(client: TestClient, served, tmp_path: Path
+                                          ) -> None:  # type: ignore[no-untyped-def]
+    backbone, _, _ = served
+    write_prompt(backbone, tmp_path / "e.safetensors", 2, 1, verbalizer={"x": "", "y": " yes"})
+    r = client.put("/v1/prompts/e", content=(tmp_path / "e.safetensors").read_bytes(), headers=auth())
+    assert r.status_code == 422 and "no tokens" in r.json()["detail"]
