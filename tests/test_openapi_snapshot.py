@@ -7,11 +7,11 @@ import json
 import os
 from pathlib import Path
 
-from _serving import (
+from softprompt.server import Engine, create_app
+from tests._serving import (
     one_thread,  # noqa: F401  (autouse: tiny models on one thread)
     tiny,
 )
-from softprompt.server import Engine, create_app
 
 SNAPSHOT = Path(__file__).resolve().parents[1] / "docs" / "openapi.json"
 

@@ -5,10 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from _serving import (
-    one_thread,  # noqa: F401  (autouse: tiny models on one thread)
-    tiny,
-)
 from softprompt.bank import PromptBank
 from softprompt.batching import make_batch, make_input_batch
 from softprompt.prompted import PromptedModel
@@ -18,6 +14,10 @@ from softprompt.server.prefix_cache import (
     cached_target_logprobs,
     prompt_kv,
     supports_prefix_cache,
+)
+from tests._serving import (
+    one_thread,  # noqa: F401  (autouse: tiny models on one thread)
+    tiny,
 )
 
 CACHED = ("llama", "qwen2", "gpt2")

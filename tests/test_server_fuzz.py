@@ -11,14 +11,14 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis.specs.openapi import checks
 
-from _serving import (
+from softprompt.server import Engine, ServerConfig, create_app
+from tests._serving import (
     LiveServer,
     make_prompt_dir,
     one_thread,  # noqa: F401  (autouse: tiny models on one thread)
     tiny,
     write_prompt,
 )
-from softprompt.server import Engine, ServerConfig, create_app
 
 TOKEN = "fuzz-admin-token"
 # Starlette answers 405 on /v1/prompts/{name} with the Allow methods of the first matching route only (PUT), though

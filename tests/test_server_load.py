@@ -13,7 +13,11 @@ from pathlib import Path
 import httpx
 import torch
 
-from _serving import (
+from softprompt.bank import PromptBank
+from softprompt.prompted import PromptedModel
+from softprompt.server import Engine, ServerConfig, create_app
+from softprompt.tasks import get_task
+from tests._serving import (
     TEXTS,
     VERBALIZER,
     LiveServer,
@@ -23,10 +27,6 @@ from _serving import (
     tiny,
     write_prompt,
 )
-from softprompt.bank import PromptBank
-from softprompt.prompted import PromptedModel
-from softprompt.server import Engine, ServerConfig, create_app
-from softprompt.tasks import get_task
 
 CLIENTS = 32
 SECONDS = 12.0  # each client stops sending after this
