@@ -74,7 +74,7 @@ def load_checkpoint(path: Path) -> Checkpoint:
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not iterable)
     except (SafetensorError, OSError) as err:
         raise ValueError(f"{path}: unreadable checkpoint ({err}); delete it to start over") from None
     opt = {k: v for k, v in tensors.items() if k.startswith(OPT_PREFIX)}
