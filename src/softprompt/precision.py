@@ -68,7 +68,11 @@ def enable_gradient_checkpointing(model: nn.Module) -> int:
     """
     if not getattr(model, "supports_gradient_checkpointing", False):
         raise ValueError(f"{type(model).__name__} does not support gradient checkpointing")
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x; the older name is deprecated
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     blocks = [m for m in model.modules() if getattr(m, "gradient_checkpointing", False) is True]
     for block in blocks:
         block.training = True  # not .train(): that would switch dropout on inside the block
