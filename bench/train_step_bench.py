@@ -1,0 +1,208 @@
+"""Train-step time and peak memory: softprompt prompt tuning vs PEFT prompt tuning vs full fine-tuning.
+
+Same model, same batch (B rows × T tokens, the last token the target), same optimizer (Adam) for every method.
+Each method runs in its own subprocess so peak memories do not mix; the step peak is measured after resetting the
+kernel's high-water mark (``/proc/self/clear_refs``), so it excludes the model load. Step time is the median of
+``--steps`` steps after ``--warmup``.
+
+    PYTHONPATH=src python bench/train_step_bench.py --threads 2    # writes bench/results/train_step_cpu.json
+
+Methods: ``softprompt`` (the library's loss: LM head on the target columns only), ``peft`` (PEFT PromptTuning,
+the model's own loss over full-vocabulary logits), ``full`` (every weight trains, the model's own loss), and the
+diagnostic ``softprompt-fullhead`` (our splice, but full-vocabulary logits at every position, as PEFT computes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+METHODS = ("softprompt", "peft", "full", "softprompt-fullhead")
+RESULTS = Path(__file__).parent / "results" / "train_step_cpu.json"
+
+
+def rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def reset_peak() -> bool:
+    """Reset VmHWM (Linux >= 4.0); False where the kernel refuses."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_one(args: argparse.Namespace) -> dict:
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from softprompt.backbone import load_backbone
+    from softprompt.bank import PromptBank
+    from softprompt.batching import Batch
+    from softprompt.init import init_prompt
+    from softprompt.prompted import PromptedModel
+    from softprompt.splice import IGNORE_INDEX
+
+    t0 = time.perf_counter()
+    bb = load_backbone(args.model)
+    load_s = time.perf_counter() - t0
+    b, t, p = args.batch, args.tokens, args.prompt_length
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(100, min(bb.vocab_size, 20000), (b, t), generator=g)  # T tokens per row, the last the target
+    mask = torch.ones_like(ids)
+    labels = torch.full_like(ids, IGNORE_INDEX)
+    labels[:, -1] = ids[:, -1]
+    batch = Batch(ids, mask, labels, torch.ones(b, dtype=torch.long))
+    prompt = init_prompt(bb, "sampled-vocab", p, seed=0)
+    model = bb.model
+
+    if args.method in ("softprompt", "softprompt-fullhead"):
+        pm = PromptedModel(bb, PromptBank(prompt.unsqueeze(0)))
+        params = [pm.bank.weight]
+        zero = torch.zeros(b, dtype=torch.long)
+
+        if args.method == "softprompt":
+            def loss_fn() -> torch.Tensor:
+                return pm.loss(batch, zero)
+        else:
+            def loss_fn() -> torch.Tensor:
+                s = pm.splice_rows(ids, mask, zero, labels)
+                logits = model(inputs_embeds=s.inputs_embeds, attention_mask=s.attention_mask,
+                               position_ids=s.position_ids).logits
+                return torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(),
+                                                         s.labels[:, 1:].flatten(), ignore_index=IGNORE_INDEX)
+    elif args.method == "peft":
+        import peft
+
+        pmodel = peft.get_peft_model(model, peft.PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=p))
+        pmodel.eval()
+        with torch.no_grad():
+            pmodel.prompt_encoder["default"].embedding.weight.copy_(prompt)
+        params = [q for q in pmodel.parameters() if q.requires_grad]
+
+        def loss_fn() -> torch.Tensor:
+            return pmodel(input_ids=ids, attention_mask=mask, labels=labels).loss
+    elif args.method == "full":
+        for q in model.parameters():
+            q.requires_grad_(True)
+        params = list(model.parameters())
+
+        def loss_fn() -> torch.Tensor:
+            return model(input_ids=ids, attention_mask=mask, labels=labels).loss
+    else:
+        raise SystemExit(f"unknown method {args.method}")
+    optimizer = torch.optim.Adam(params, lr=1e-4)
+    gc.collect()
+    rss_before = rss_mb()
+    peak_reset = reset_peak()
+    times, losses = [], []
+    for _ in range(args.warmup + args.steps):
+        t1 = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        loss = loss_fn()
+        loss.backward()
+        optimizer.step()
+        times.append(time.perf_counter() - t1)
+        losses.append(float(loss.detach()))
+    timed = times[args.warmup:]
+    return {
+        "method": args.method,
+        "trainable_params": sum(q.numel() for q in params),
+        "step_seconds_median": round(statistics.median(timed), 3),
+        "step_seconds": [round(x, 3) for x in timed],
+        "rss_after_setup_mb": round(rss_before, 1),
+        "step_peak_rss_mb": round(peak_mb(), 1),
+        "peak_reset_worked": peak_reset,
+        "lifetime_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "load_seconds": round(load_s, 2),
+        "first_loss": round(losses[0], 4),
+    }
+
+
+def versions() -> dict:
+    import peft
+    import torch
+    import transformers
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
+            "peft": peft.__version__}
+
+
+def machine(threads: int) -> dict:
+    cpu = platform.processor()
+    if os.path.exists("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    return {"cpu": cpu, "logical_cpus": os.cpu_count(), "torch_threads": threads, "platform": platform.platform(),
+            "note": "shared machine (other jobs running): timings are noisy; compare ratios, not absolutes"}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--tokens", type=int, default=128)
+    ap.add_argument("--prompt-length", type=int, default=20)
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--one", default=None, help=argparse.SUPPRESS)  # child mode: run one method, print JSON
+    args = ap.parse_args()
+    if args.one:
+        args.method = args.one
+        print(json.dumps(run_one(args)))
+        return
+    results = {}
+    for method in args.methods.split(","):
+        cmd = [sys.executable, __file__, "--one", method, *sys.argv[1:]]
+        env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "TOKENIZERS_PARALLELISM": "false"}
+        done = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        if done.returncode:
+            raise SystemExit(f"{method} failed:\n{done.stderr[-3000:]}")
+        results[method] = json.loads(done.stdout.strip().splitlines()[-1])
+        print(json.dumps(results[method]), flush=True)
+    soft, out = results.get("softprompt"), {}
+    if soft and "peft" in results:
+        out["time_vs_peft"] = round(soft["step_seconds_median"] / results["peft"]["step_seconds_median"], 3)
+    if soft and "full" in results:
+        out["step_peak_vs_full"] = round(soft["step_peak_rss_mb"] / results["full"]["step_peak_rss_mb"], 3)
+        out["lifetime_peak_vs_full"] = round(soft["lifetime_peak_rss_mb"] / results["full"]["lifetime_peak_rss_mb"], 3)
+    report = {"benchmark": "train_step", "model": args.model, "batch": args.batch, "tokens_per_row": args.tokens,
+              "prompt_length": args.prompt_length, "optimizer": "Adam (every method)", "dtype": "float32",
+              "steps_timed": args.steps, "warmup": args.warmup, "versions": versions(),
+              "machine": machine(args.threads),
+              "results": results, "ratios": out,
+              "targets": {"time_vs_peft": "<= 1.0", "step_peak_vs_full": "<= 0.6"}}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
