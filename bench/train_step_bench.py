@@ -10,6 +10,10 @@ kernel's high-water mark (``/proc/self/clear_refs``), so it excludes the model l
 Methods: ``softprompt`` (the library's loss: LM head on the target columns only), ``peft`` (PEFT PromptTuning,
 the model's own loss over full-vocabulary logits), ``full`` (every weight trains, the model's own loss), and the
 diagnostic ``softprompt-fullhead`` (our splice, but full-vocabulary logits at every position, as PEFT computes).
+``interleaved`` times the three prompt-tuning methods with their steps alternating in one process: on a shared
+machine the load drifts by tens of percent between processes, and alternation exposes each method to the same load.
+
+    PYTHONPATH=src python bench/train_step_bench.py --threads 1 --methods interleaved --append
 """
 
 from __future__ import annotations
@@ -24,9 +28,10 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-METHODS = ("softprompt", "peft", "full", "softprompt-fullhead")
+METHODS = ("softprompt", "peft", "full", "softprompt-fullhead", "interleaved")
 RESULTS = Path(__file__).parent / "results" / "train_step_cpu.json"
 
 
@@ -56,78 +61,94 @@ def peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_one(args: argparse.Namespace) -> dict:
+def setup(args: argparse.Namespace) -> dict:
+    """Load the model and build the batch: B rows of T random tokens, the last token of each the target."""
     import torch
 
     torch.set_num_threads(args.threads)
     from softprompt.backbone import load_backbone
-    from softprompt.bank import PromptBank
     from softprompt.batching import Batch
     from softprompt.init import init_prompt
-    from softprompt.prompted import PromptedModel
     from softprompt.splice import IGNORE_INDEX
 
     t0 = time.perf_counter()
     bb = load_backbone(args.model)
     load_s = time.perf_counter() - t0
-    b, t, p = args.batch, args.tokens, args.prompt_length
+    b, t = args.batch, args.tokens
     g = torch.Generator().manual_seed(0)
-    ids = torch.randint(100, min(bb.vocab_size, 20000), (b, t), generator=g)  # T tokens per row, the last the target
+    ids = torch.randint(100, min(bb.vocab_size, 20000), (b, t), generator=g)
     mask = torch.ones_like(ids)
     labels = torch.full_like(ids, IGNORE_INDEX)
     labels[:, -1] = ids[:, -1]
-    batch = Batch(ids, mask, labels, torch.ones(b, dtype=torch.long))
-    prompt = init_prompt(bb, "sampled-vocab", p, seed=0)
+    return {"bb": bb, "ids": ids, "mask": mask, "labels": labels, "load_s": load_s,
+            "batch": Batch(ids, mask, labels, torch.ones(b, dtype=torch.long)),
+            "prompt": init_prompt(bb, "sampled-vocab", args.prompt_length, seed=0)}
+
+
+def build(method: str, d: dict, prompt_length: int) -> tuple[list, Callable]:
+    """(trainable parameters, loss function) of one method on the loaded model."""
+    import torch
+
+    from softprompt.bank import PromptBank
+    from softprompt.prompted import PromptedModel
+    from softprompt.splice import IGNORE_INDEX
+
+    bb, ids, mask, labels = d["bb"], d["ids"], d["mask"], d["labels"]
     model = bb.model
+    if method in ("softprompt", "softprompt-fullhead"):
+        pm = PromptedModel(bb, PromptBank(d["prompt"].unsqueeze(0)))
+        zero = torch.zeros(ids.shape[0], dtype=torch.long)
+        if method == "softprompt":
+            return [pm.bank.weight], lambda: pm.loss(d["batch"], zero)
 
-    if args.method in ("softprompt", "softprompt-fullhead"):
-        pm = PromptedModel(bb, PromptBank(prompt.unsqueeze(0)))
-        params = [pm.bank.weight]
-        zero = torch.zeros(b, dtype=torch.long)
-
-        if args.method == "softprompt":
-            def loss_fn() -> torch.Tensor:
-                return pm.loss(batch, zero)
-        else:
-            def loss_fn() -> torch.Tensor:
-                s = pm.splice_rows(ids, mask, zero, labels)
-                logits = model(inputs_embeds=s.inputs_embeds, attention_mask=s.attention_mask,
-                               position_ids=s.position_ids).logits
-                return torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(),
-                                                         s.labels[:, 1:].flatten(), ignore_index=IGNORE_INDEX)
-    elif args.method == "peft":
+        def full_head() -> torch.Tensor:  # our splice, but logits at every position, as PEFT computes them
+            s = pm.splice_rows(ids, mask, zero, labels)
+            logits = model(inputs_embeds=s.inputs_embeds, attention_mask=s.attention_mask,
+                           position_ids=s.position_ids).logits
+            return torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(),
+                                                     s.labels[:, 1:].flatten(), ignore_index=IGNORE_INDEX)
+        return [pm.bank.weight], full_head
+    if method == "peft":
         import peft
 
-        pmodel = peft.get_peft_model(model, peft.PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=p))
+        config = peft.PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=prompt_length)
+        pmodel = peft.get_peft_model(model, config)
         pmodel.eval()
         with torch.no_grad():
-            pmodel.prompt_encoder["default"].embedding.weight.copy_(prompt)
+            pmodel.prompt_encoder["default"].embedding.weight.copy_(d["prompt"])
         params = [q for q in pmodel.parameters() if q.requires_grad]
-
-        def loss_fn() -> torch.Tensor:
-            return pmodel(input_ids=ids, attention_mask=mask, labels=labels).loss
-    elif args.method == "full":
+        return params, lambda: pmodel(input_ids=ids, attention_mask=mask, labels=labels).loss
+    if method == "full":
         for q in model.parameters():
             q.requires_grad_(True)
-        params = list(model.parameters())
+        return list(model.parameters()), lambda: model(input_ids=ids, attention_mask=mask, labels=labels).loss
+    raise SystemExit(f"unknown method {method}")
 
-        def loss_fn() -> torch.Tensor:
-            return model(input_ids=ids, attention_mask=mask, labels=labels).loss
-    else:
-        raise SystemExit(f"unknown method {args.method}")
+
+def step(params: list, optimizer: object, loss_fn: Callable) -> tuple[float, float]:
+    t1 = time.perf_counter()
+    optimizer.zero_grad(set_to_none=True)
+    loss = loss_fn()
+    loss.backward()
+    optimizer.step()
+    return time.perf_counter() - t1, float(loss.detach())
+
+
+def run_one(args: argparse.Namespace) -> dict:
+    """One method in this process: step times and the step's peak RSS (the load excluded)."""
+    import torch
+
+    d = setup(args)
+    params, loss_fn = build(args.method, d, args.prompt_length)
     optimizer = torch.optim.Adam(params, lr=1e-4)
     gc.collect()
     rss_before = rss_mb()
     peak_reset = reset_peak()
     times, losses = [], []
     for _ in range(args.warmup + args.steps):
-        t1 = time.perf_counter()
-        optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn()
-        loss.backward()
-        optimizer.step()
-        times.append(time.perf_counter() - t1)
-        losses.append(float(loss.detach()))
+        seconds, loss = step(params, optimizer, loss_fn)
+        times.append(seconds)
+        losses.append(loss)
     timed = times[args.warmup:]
     return {
         "method": args.method,
@@ -138,9 +159,38 @@ def run_one(args: argparse.Namespace) -> dict:
         "step_peak_rss_mb": round(peak_mb(), 1),
         "peak_reset_worked": peak_reset,
         "lifetime_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "load_seconds": round(load_s, 2),
+        "load_seconds": round(d["load_s"], 2),
         "first_loss": round(losses[0], 4),
     }
+
+
+def run_interleaved(args: argparse.Namespace) -> dict:
+    """Timing only: the prompt-tuning methods' steps alternate in one process, so machine load hits them alike."""
+    import torch
+
+    d = setup(args)
+    methods = ("softprompt", "peft", "softprompt-fullhead")
+    built = {m: build(m, d, args.prompt_length) for m in methods}
+    optimizers = {m: torch.optim.Adam(built[m][0], lr=1e-4) for m in methods}
+    times: dict[str, list[float]] = {m: [] for m in methods}
+    for r in range(args.warmup + args.steps):
+        for m in (methods if r % 2 == 0 else methods[::-1]):
+            seconds, _ = step(built[m][0], optimizers[m], built[m][1])
+            if r >= args.warmup:
+                times[m].append(round(seconds, 3))
+    return {"method": "interleaved", "step_seconds": times,
+            "step_seconds_median": {m: round(statistics.median(v), 3) for m, v in times.items()}}
+
+
+def pooled(rs: list[dict]) -> dict:
+    """One method's rounds: step times pooled (median, and min — contention only ever adds time), memory max."""
+    times = [t for r in rs for t in r["step_seconds"]]
+    out = dict(rs[0])
+    out.update({"rounds": len(rs), "step_seconds": times, "step_seconds_median": round(statistics.median(times), 3),
+                "step_seconds_min": round(min(times), 3),
+                "step_peak_rss_mb": max(r["step_peak_rss_mb"] for r in rs),
+                "lifetime_peak_rss_mb": max(r["lifetime_peak_rss_mb"] for r in rs)})
+    return out
 
 
 def versions() -> dict:
@@ -171,31 +221,44 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--rounds", type=int, default=1, help="fresh processes per method, in alternating order")
+    ap.add_argument("--append", action="store_true", help="merge into --out's existing results")
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)  # child mode: run one method, print JSON
     args = ap.parse_args()
     if args.one:
         args.method = args.one
-        print(json.dumps(run_one(args)))
+        print(json.dumps(run_interleaved(args) if args.one == "interleaved" else run_one(args)))
         return
-    results = {}
-    for method in args.methods.split(","):
-        cmd = [sys.executable, __file__, "--one", method, *sys.argv[1:]]
-        env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "TOKENIZERS_PARALLELISM": "false"}
-        done = subprocess.run(cmd, capture_output=True, text=True, env=env)
-        if done.returncode:
-            raise SystemExit(f"{method} failed:\n{done.stderr[-3000:]}")
-        results[method] = json.loads(done.stdout.strip().splitlines()[-1])
-        print(json.dumps(results[method]), flush=True)
+    methods = args.methods.split(",")
+    runs: dict[str, list[dict]] = {m: [] for m in methods}
+    for r in range(args.rounds):
+        # Alternate the order each round: on a shared machine, load drifts; interleaving spreads it over methods.
+        for method in (methods if r % 2 == 0 else methods[::-1]):
+            cmd = [sys.executable, __file__, "--one", method, *sys.argv[1:]]
+            env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "TOKENIZERS_PARALLELISM": "false"}
+            done = subprocess.run(cmd, capture_output=True, text=True, env=env)
+            if done.returncode:
+                raise SystemExit(f"{method} failed:\n{done.stderr[-3000:]}")
+            runs[method].append(json.loads(done.stdout.strip().splitlines()[-1]))
+            print(json.dumps(runs[method][-1]), flush=True)
+    results = {m: (rs[0] if m == "interleaved" else pooled(rs)) for m, rs in runs.items()}
+    if args.append and args.out.is_file():  # add to an earlier run's methods (same settings), newest wins
+        results = {**json.loads(args.out.read_text())["results"], **results}
     soft, out = results.get("softprompt"), {}
     if soft and "peft" in results:
         out["time_vs_peft"] = round(soft["step_seconds_median"] / results["peft"]["step_seconds_median"], 3)
+        out["time_vs_peft_min"] = round(soft["step_seconds_min"] / results["peft"]["step_seconds_min"], 3)
+    if "interleaved" in results:
+        med = results["interleaved"]["step_seconds_median"]
+        out["time_vs_peft_interleaved"] = round(med["softprompt"] / med["peft"], 3)
+        out["fullhead_vs_peft_interleaved"] = round(med["softprompt-fullhead"] / med["peft"], 3)
     if soft and "full" in results:
         out["step_peak_vs_full"] = round(soft["step_peak_rss_mb"] / results["full"]["step_peak_rss_mb"], 3)
         out["lifetime_peak_vs_full"] = round(soft["lifetime_peak_rss_mb"] / results["full"]["lifetime_peak_rss_mb"], 3)
     report = {"benchmark": "train_step", "model": args.model, "batch": args.batch, "tokens_per_row": args.tokens,
               "prompt_length": args.prompt_length, "optimizer": "Adam (every method)", "dtype": "float32",
-              "steps_timed": args.steps, "warmup": args.warmup, "versions": versions(),
+              "steps_timed": args.steps, "warmup": args.warmup, "rounds": args.rounds, "versions": versions(),
               "machine": machine(args.threads),
               "results": results, "ratios": out,
               "targets": {"time_vs_peft": "<= 1.0", "step_peak_vs_full": "<= 0.6"}}
