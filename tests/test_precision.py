@@ -95,6 +95,17 @@ def test_gradient_checkpointing_recomputes_blocks() -> None:
     assert len(calls) == 2 * len(bb.model.model.layers)
 
 
+def test_gradient_checkpointing_keeps_generation_intact() -> None:
+    prompt = torch.randn(4, 32) * 0.5
+    plain = PromptedModel(backbone("llama"), PromptBank(prompt.unsqueeze(0)))
+    bb = backbone("llama")
+    enable_gradient_checkpointing(bb.model)
+    ckpt = PromptedModel(bb, PromptBank(prompt.unsqueeze(0)))
+    index = torch.zeros(2, dtype=torch.long)
+    inputs = ["number 3:", "a longer input 12:"]
+    assert ckpt.generate(inputs, index, max_new_tokens=8) == plain.generate(inputs, index, max_new_tokens=8)
+
+
 def test_sdpa_is_the_default_attention() -> None:
     assert backbone("llama").model.config._attn_implementation == "sdpa"
 

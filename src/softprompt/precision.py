@@ -20,6 +20,7 @@ from typing import Literal
 
 import torch
 from torch import nn
+from transformers import PreTrainedModel
 
 Precision = Literal["fp32", "bf16", "fp16"]
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
@@ -62,9 +63,10 @@ def enable_gradient_checkpointing(model: nn.Module) -> int:
     which ours do (the prompt is in them), but the non-reentrant one is the one PyTorch recommends.
 
     Transformers checkpoints a block only while the block's ``training`` flag is set, and a frozen backbone
-    runs in eval mode (no dropout). So the flag is set on the blocks themselves, not recursively: their
-    submodules (attention, MLP, dropout) stay in eval mode and the model computes exactly what it computes
-    without checkpointing.
+    runs in eval mode (no dropout). So a pre-forward hook sets the flag on each block to "gradients are being
+    recorded": set on the block alone, not recursively, so its submodules (attention, MLP, dropout) stay in eval
+    mode and compute exactly what they compute without checkpointing; cleared under ``torch.no_grad`` so that
+    evaluation and generation keep their KV cache (a checkpointing block drops it).
     """
     if not getattr(model, "supports_gradient_checkpointing", False):
         raise ValueError(f"{type(model).__name__} does not support gradient checkpointing")
@@ -73,7 +75,13 @@ def enable_gradient_checkpointing(model: nn.Module) -> int:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
     else:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
-    blocks = [m for m in model.modules() if getattr(m, "gradient_checkpointing", False) is True]
-    for block in blocks:
-        block.training = True  # not .train(): that would switch dropout on inside the block
-    return len(blocks)
+    # The blocks and the model classes above them: those read the same flags to switch the KV cache off, which
+    # the blocks then drop anyway (GPT-2 breaks if the two disagree).
+    flagged = [m for m in model.modules() if getattr(m, "gradient_checkpointing", False) is True]
+    for module in flagged:
+        module.register_forward_pre_hook(_checkpoint_when_recording)
+    return sum(not isinstance(m, PreTrainedModel) for m in flagged)
+
+
+def _checkpoint_when_recording(module: nn.Module, args: tuple) -> None:
+    module.training = torch.is_grad_enabled()  # not .train(): that would switch dropout on inside the block
