@@ -58,7 +58,8 @@ class DistContext:
         from accelerate import PartialState
 
         # With no accelerator (or `accelerate launch --cpu`), Accelerate must be told to use CPU processes (gloo).
-        cpu = os.environ.get("ACCELERATE_USE_CPU", "false").lower() == "true" or not torch.accelerator.is_available()
+        accel = torch.accelerator.is_available() if hasattr(torch, "accelerator") else torch.cuda.is_available()
+        cpu = os.environ.get("ACCELERATE_USE_CPU", "false").lower() == "true" or not accel
         state = PartialState(cpu=cpu)
         return cls(rank=state.process_index, world_size=state.num_processes, device=state.device)
 
