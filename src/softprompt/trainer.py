@@ -6,6 +6,9 @@ a checkpoint (``--resume``, after any kill) takes exactly the steps an uninterru
 
 Files beside ``out`` (``x.safetensors``): ``x.ckpt.safetensors`` (resume state), ``x.metrics.jsonl`` (one JSON record
 per logged step or eval) and ``x.tb/`` (TensorBoard events).
+
+Several processes (``dist``, see :mod:`softprompt.distributed`) split each step's rows and sum the prompt's gradient;
+only the main process writes files. An fp16 backbone trains with a dynamic loss scale (:mod:`softprompt.precision`).
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from tqdm.auto import tqdm
@@ -26,9 +29,13 @@ from softprompt.batching import make_batch
 from softprompt.checkpoint import TrainState, load_checkpoint, save_checkpoint
 from softprompt.evaluate import evaluate
 from softprompt.init import init_prompt
+from softprompt.precision import grad_scaler
 from softprompt.prompted import PromptedModel
 from softprompt.promptfile import PromptMeta, atomic_write, save_prompt
 from softprompt.tasks.base import Example, Task
+
+if TYPE_CHECKING:
+    from softprompt.distributed import DistContext
 
 
 @dataclass
@@ -151,8 +158,13 @@ def train_prompt(
     validation: list[Example] | None = None,
     resume: bool = False,
     progress: bool = True,
+    dist: DistContext | None = None,
 ) -> TrainResult:
-    """Train a prompt and write it to ``out`` (the best one by validation metric when ``validation`` is given)."""
+    """Train a prompt and write it to ``out`` (the best one by validation metric when ``validation`` is given).
+
+    With ``dist``, every process calls this with the same arguments; each takes its block of every micro-batch,
+    only the main process writes ``out``, the checkpoint and the logs, and the result is the main process's.
+    """
     if not train_examples:
         raise ValueError("no training examples")
     out = Path(out)
@@ -171,14 +183,21 @@ def train_prompt(
     else:
         ckpt = None
         prompt0 = initial_prompt(backbone, task, config)
+    main = dist is None or dist.is_main
+    if dist is not None:
+        # Replicas must start equal; the inits are seeded, but a GPU kernel need not be bit-deterministic.
+        dist.broadcast(prompt0)
     pm = PromptedModel(backbone, PromptBank(prompt0.unsqueeze(0)))
     optimizer = make_optimizer(config, [pm.bank.weight])
     if ckpt is not None:
         optimizer.load_state_dict(ckpt.optimizer_state)
-    log = _Log(out, state.step)
-    zero = torch.zeros(config.batch_size // config.grad_accum, dtype=torch.long)
+    scaler = grad_scaler(backbone.model)
+    log = _Log(out, state.step) if main else None
+    rows_per_micro = config.batch_size // config.grad_accum // (1 if dist is None else dist.world_size)
+    zero = torch.zeros(rows_per_micro, dtype=torch.long)
     add_eos = task.kind == "generation"
-    bar = tqdm(total=config.steps, initial=state.step, desc=f"train {task.name}", unit="step", disable=not progress)
+    bar = tqdm(total=config.steps, initial=state.step, desc=f"train {task.name}", unit="step",
+               disable=not (progress and main))
     last_eval: dict[str, float] = {}
     try:
         for step in range(state.step, config.steps):
@@ -186,15 +205,26 @@ def train_prompt(
             optimizer.zero_grad(set_to_none=True)
             total = 0.0
             for micro in range(config.grad_accum):
-                rows = [train_examples[i] for i in batch_indices(len(train_examples), config.seed, step, micro,
-                                                                 config)]
+                indices = batch_indices(len(train_examples), config.seed, step, micro, config)
+                if dist is not None:
+                    indices = dist.shard(indices)
+                rows = [train_examples[i] for i in indices]
                 batch = make_batch(backbone.tokenizer, [e.input for e in rows], [e.target for e in rows],
                                    encoder_decoder=backbone.is_encoder_decoder, add_eos=add_eos,
                                    max_input_tokens=config.max_input_tokens)
-                loss = pm.loss(batch, zero) / config.grad_accum
-                loss.backward()
+                if dist is None:
+                    loss = pm.loss(batch, zero) / config.grad_accum
+                else:
+                    loss = dist.loss_share(pm, batch, zero) / config.grad_accum
+                (loss if scaler is None else scaler.scale(loss)).backward()
                 total += loss.item()
-            optimizer.step()
+            if dist is not None:
+                total = dist.sync_grads([pm.bank.weight], total)
+            if scaler is None:
+                optimizer.step()
+            else:  # skips the step (and lowers the scale) when fp16 gradients overflowed
+                scaler.step(optimizer)
+                scaler.update()
             state.step = step + 1
             record: dict[str, Any] = {"step": state.step, "loss": total, "step_seconds": time.perf_counter() - t0}
             final = state.step == config.steps
@@ -208,21 +238,25 @@ def train_prompt(
                 if state.best_metric is None or metric > state.best_metric:
                     state.best_metric, state.best_step = metric, state.step
                     best_prompt = pm.bank.weight[0].detach().clone()
-            if state.step % config.log_every == 0 or "val_" + task.primary_metric in record:
+            if log is not None and (state.step % config.log_every == 0 or "val_" + task.primary_metric in record):
                 log.write(record)
             bar.set_postfix(loss=f"{total:.4f}", **({task.primary_metric: f"{last_eval[task.primary_metric]:.3f}"}
                                                     if last_eval else {}))
             bar.update(1)
-            if state.step % config.save_every == 0 or final:
+            if main and (state.step % config.save_every == 0 or final):
                 save_checkpoint(ckpt_path, pm.bank.weight[0], best_prompt, optimizer, state, config_dict)
     finally:
         bar.close()
-        log.close()
+        if log is not None:
+            log.close()
     chosen = best_prompt if best_prompt is not None else pm.bank.weight[0].detach()
     metrics: dict[str, Any] = {"steps": state.step}
     if state.best_metric is not None:
         metrics.update({f"best_val_{task.primary_metric}": state.best_metric, "best_step": state.best_step})
     meta = PromptMeta.for_backbone(backbone, config.prompt_length, init=config.init, task=task.name,
                                    verbalizer=dict(task.verbalizer), train_config=config_dict, metrics=metrics)
-    save_prompt(out, chosen, meta)
+    if main:
+        save_prompt(out, chosen, meta)
+    if dist is not None:
+        dist.barrier()  # every process returns only once the files exist
     return TrainResult(chosen.cpu(), metrics, state)

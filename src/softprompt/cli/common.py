@@ -10,6 +10,7 @@ from typing import Any
 
 from softprompt.backbone import Backbone, load_backbone
 from softprompt.models import DEFAULT_MODEL, ModelNotInstalledError
+from softprompt.precision import DTYPES, resolve_precision
 from softprompt.promptfile import PromptFileError
 from softprompt.tasks import Task, TaskDataError, get_task
 
@@ -74,7 +75,10 @@ def backbone_from_args(args: argparse.Namespace) -> Backbone:
     name = args.model
     if not Path(name).exists() and "/" not in name and name.endswith(".gguf"):
         raise UsageError(f"model file not found: {name}")
-    return load_backbone(name, device=args.device)
+    # `softprompt train` adds --precision (bf16/fp16 weights); other commands load float32 unless Accelerate says
+    # otherwise. See softprompt.precision.
+    precision = resolve_precision(getattr(args, "precision", None))
+    return load_backbone(name, device=args.device, dtype=DTYPES[precision])
 
 
 def emit(result: dict[str, Any], as_json: bool) -> None:

@@ -7,7 +7,9 @@ import time
 from pathlib import Path
 
 from softprompt.cli.common import UsageError, add_model, add_task, backbone_from_args, emit, task_from_args
+from softprompt.distributed import DistContext, fsdp_requested, shard_backbone
 from softprompt.init import INITS
+from softprompt.precision import PRECISIONS, enable_gradient_checkpointing
 from softprompt.trainer import TrainConfig, train_prompt
 
 
@@ -34,6 +36,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-input-tokens", type=int, default=d.max_input_tokens)
     p.add_argument("--train-limit", type=int, default=None, help="use only the first N training examples")
     p.add_argument("--resume", action="store_true", help="continue from OUT's checkpoint if there is one")
+    p.add_argument("--precision", choices=PRECISIONS, default=None,
+                   help="backbone weights dtype; the prompt stays fp32 (default: accelerate's --mixed_precision, "
+                        "else fp32)")
+    p.add_argument("--gradient-checkpointing", action="store_true",
+                   help="recompute block activations in backward (less memory, ~1 extra forward)")
+    p.add_argument("--fsdp", action="store_true",
+                   help="under torchrun/accelerate launch: shard the frozen blocks over the processes (FSDP2); "
+                        "also on with `accelerate launch --use_fsdp`")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--json", action="store_true", help="print the result as one JSON line")
     p.set_defaults(func=run)
@@ -54,10 +64,21 @@ def run(args: argparse.Namespace) -> int:
     task = task_from_args(args)
     train = task.examples("train", args.data_dir, limit=args.train_limit)
     validation = None if args.no_eval else task.examples("validation", args.data_dir, limit=config.eval_limit)
+    dist = DistContext.from_env()
+    if dist is not None and args.device is None:
+        args.device = str(dist.device)  # cuda:LOCAL_RANK on a GPU node
+    if args.fsdp and dist is None:
+        raise UsageError("--fsdp needs several processes: launch with torchrun or accelerate launch")
     backbone = backbone_from_args(args)
+    if args.gradient_checkpointing:
+        enable_gradient_checkpointing(backbone.model)
+    if dist is not None and (args.fsdp or fsdp_requested()):
+        shard_backbone(backbone, dist)
     t0 = time.perf_counter()
     result = train_prompt(backbone, task, train, config, args.out, validation=validation, resume=args.resume,
-                          progress=not args.no_progress)
+                          progress=not args.no_progress, dist=dist)
+    if dist is not None and not dist.is_main:
+        return 0  # the main process reports
     emit({"out": str(args.out), "task": task.name, "model": args.model, "seconds": round(time.perf_counter() - t0, 2),
           **result.metrics}, args.json)
     return 0

@@ -1,0 +1,54 @@
+"""One softprompt training step and one PEFT prompt-tuning step agree: same init, rows, optimizer → same loss and
+the same updated prompt. PEFT is a test-only dependency."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from softprompt.bank import PromptBank
+from softprompt.batching import make_batch
+from softprompt.prompted import PromptedModel
+from softprompt.tiny import tiny_model
+from softprompt.trainer import batch_indices, initial_prompt, make_optimizer, train_prompt
+
+sys.path.insert(0, str(Path(__file__).parent))
+from dist_worker import ToyTask, config, toy_backbone, toy_examples
+
+peft = pytest.importorskip("peft")
+
+
+def test_one_step_matches_peft(tmp_path: Path) -> None:
+    cfg = config(1)  # Adam, lr 0.05, 8 rows of mixed lengths (right-padded), targets of 3 and 4 tokens
+    task, examples = ToyTask(), toy_examples()
+    start = initial_prompt(toy_backbone(), task, cfg)
+    ours = train_prompt(toy_backbone(), task, examples, cfg, tmp_path / "ours.safetensors", progress=False)
+    our_loss = json.loads((tmp_path / "ours.metrics.jsonl").read_text().splitlines()[0])["loss"]
+
+    model, tokenizer = tiny_model("llama", seed=0)
+    pmodel = peft.get_peft_model(model, peft.PromptTuningConfig(task_type="CAUSAL_LM",
+                                                                 num_virtual_tokens=cfg.prompt_length))
+    pmodel.eval()  # no dropout, as in softprompt's frozen backbone
+    weight = pmodel.prompt_encoder["default"].embedding.weight
+    with torch.no_grad():
+        weight.copy_(start)
+    optimizer = make_optimizer(cfg, [weight])
+    rows = [examples[i] for i in batch_indices(len(examples), cfg.seed, 0, 0, cfg)]
+    batch = make_batch(tokenizer, [e.input for e in rows], [e.target for e in rows], encoder_decoder=False)
+    assert len(set(batch.attention_mask.sum(1).tolist())) > 1  # padded rows: the layouts differ, results must not
+    # PEFT prepends virtual tokens with IGNORE labels; the model's loss is the mean over target tokens, like ours.
+    loss = pmodel(input_ids=batch.input_ids, attention_mask=batch.attention_mask, labels=batch.labels).loss
+    loss.backward()
+    # Adam's first step is ~lr·sign(grad), which hides gradient magnitudes: compare the gradients themselves too.
+    pm = PromptedModel(toy_backbone(), PromptBank(start.unsqueeze(0)))
+    pm.loss(batch, torch.zeros(len(rows), dtype=torch.long)).backward()
+    torch.testing.assert_close(pm.bank.weight.grad[0], weight.grad, rtol=1e-4, atol=1e-7)
+    optimizer.step()
+
+    assert our_loss == pytest.approx(float(loss), rel=1e-5)
+    torch.testing.assert_close(ours.prompt, weight.detach(), rtol=1e-5, atol=1e-6)
+    assert float((ours.prompt - start).abs().max()) > 1e-2  # the step moved the prompt
