@@ -15,9 +15,7 @@ import torch
 from softprompt.distributed import DistContext
 from softprompt.promptfile import load_prompt
 from softprompt.trainer import initial_prompt, train_prompt
-
-sys.path.insert(0, str(Path(__file__).parent))
-from dist_worker import ToyTask, config, toy_backbone, toy_examples
+from tests.dist_worker import ToyTask, config, toy_backbone, toy_examples
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 

@@ -4,7 +4,6 @@ the same updated prompt. PEFT is a test-only dependency."""
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,9 +14,7 @@ from softprompt.batching import make_batch
 from softprompt.prompted import PromptedModel
 from softprompt.tiny import tiny_model
 from softprompt.trainer import batch_indices, initial_prompt, make_optimizer, train_prompt
-
-sys.path.insert(0, str(Path(__file__).parent))
-from dist_worker import ToyTask, config, toy_backbone, toy_examples
+from tests.dist_worker import ToyTask, config, toy_backbone, toy_examples
 
 peft = pytest.importorskip("peft")
 

@@ -3,7 +3,6 @@ without CUDA."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,10 +14,8 @@ from softprompt.batching import make_batch
 from softprompt.precision import enable_gradient_checkpointing, grad_scaler, resolve_precision
 from softprompt.prompted import PromptedModel
 from softprompt.tiny import tiny_model
-from softprompt.trainer import train_prompt
-
-sys.path.insert(0, str(Path(__file__).parent))
-from dist_worker import ToyTask, config, toy_examples
+from softprompt.trainer import initial_prompt, train_prompt
+from tests.dist_worker import ToyTask, config, toy_examples
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
@@ -57,8 +54,13 @@ def test_bf16_training_tracks_fp32(tmp_path: Path) -> None:
                               tmp_path / f"{name}.safetensors", progress=False)
         runs[name] = result.prompt
     assert runs["bf16"].dtype == torch.float32
-    moved = (runs["fp32"] - runs["bf16"]).abs().max()
-    assert float(moved) < 0.05  # the same trajectory within bf16 rounding (lr 0.05 Adam moves up to 0.15)
+    start = initial_prompt(backbone(), ToyTask(), config(3))
+    step32, step16 = (runs["fp32"] - start).flatten(), (runs["bf16"] - start).flatten()
+    # Compare whole updates, not single elements: Adam moves an element whose gradient is near zero by ±lr
+    # whatever its sign, so one element can flip under bf16 rounding while the trajectory is the same.
+    assert float(step32.norm()) > 0.1  # it did move
+    assert float(torch.nn.functional.cosine_similarity(step32, step16, dim=0)) > 0.9
+    assert float((step32 - step16).norm() / step32.norm()) < 0.4
 
 
 def test_fp16_trains_with_a_loss_scaler(tmp_path: Path) -> None:
