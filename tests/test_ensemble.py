@@ -60,29 +60,34 @@ def test_vote_strings_majority_and_tie_rule() -> None:
     assert vote_strings([["b"], ["a"], ["a"], ["b"]]) == ["b"]
 
 
-def _examples(n: int = 6) -> list[Example]:
+def _examples(n: int = 6, words: tuple[str, str, str] = (" negative", " positive", " neutral")) -> list[Example]:
     texts = ["a fine film", "dull and slow, far too long for what it says", "great", "bad", "a mixed bag overall",
              "I loved every minute of it"]
-    return [Example(f"Review: {t}\nSentiment:", " positive" if i % 2 == 0 else " negative",
-                    (" negative", " positive", " neutral") if i == 3 else (" negative", " positive"))
+    return [Example(f"Review: {t}\nSentiment:", words[i % 2], words if i == 3 else words[:2])
             for i, t in enumerate(texts[:n])]
 
 
-@pytest.mark.parametrize("family", ["llama", "t5"])
-def test_batched_ensemble_equals_sequential_per_prompt_passes(family: str) -> None:
+# Multi-piece choices take score_choices' K rows per (example, prompt); one-byte choices ("n", "y", "m" are single
+# tokens of the byte tokenizer) take the shared-prefix path on decoder-only models, one row per (example, prompt).
+@pytest.mark.parametrize("words", [(" negative", " positive", " neutral"), ("n", "y", "m")], ids=["multi", "one"])
+@pytest.mark.parametrize("family", ["llama", "gpt2", "t5"])
+def test_batched_ensemble_equals_sequential_per_prompt_passes(family: str, words: tuple[str, str, str]) -> None:
     backbone = tiny_backbone(family)
     g = torch.Generator().manual_seed(1)
     # Different lengths on purpose: the bank pads the shorter prompts, the splice must drop the padding.
     prompts = [torch.randn(p, backbone.hidden_size, generator=g) * 0.1 for p in (3, 5, 4)]
-    examples = _examples()
-    batched = Ensemble(backbone, prompts).score(examples, batch_size=7)  # chunks split prompts and examples
+    examples = _examples(words=words)
+    ens = Ensemble(backbone, prompts)
+    shared = ens._single_token_choices(examples) is not None
+    assert shared == (words[0] == "n" and family != "t5")
+    batched = ens.score(examples, batch_size=7)  # chunks split prompts and examples
     for n, prompt in enumerate(prompts):
         alone = score_choices(PromptedModel(backbone, PromptBank(prompt.unsqueeze(0))), examples, batch_size=4)[0]
         finite = torch.isfinite(alone)
         assert torch.equal(finite, torch.isfinite(batched[n]))
         torch.testing.assert_close(batched[n][finite], alone[finite], atol=1e-4, rtol=1e-4)
     # The length-sorted layout is a reordering only: unsorted gives the same scores.
-    unsorted = Ensemble(backbone, prompts).score(examples, batch_size=7, sort_by_length=False)
+    unsorted = ens.score(examples, batch_size=7, sort_by_length=False, share_prefix=False)
     torch.testing.assert_close(batched, unsorted, atol=1e-4, rtol=1e-4)
 
 
@@ -96,7 +101,8 @@ def test_ensemble_of_identical_prompts_equals_the_single_prompt() -> None:
     triple = Ensemble(backbone, [prompt, prompt.clone(), prompt.clone()]).evaluate(task, examples)
     acc = single.per_prompt[0]["accuracy"]
     assert [r["accuracy"] for r in triple.per_prompt] == [acc] * 3
-    for combined in (triple.average, triple.best, triple.vote, triple.mean_prob):
+    assert triple.average["accuracy"] == pytest.approx(acc)  # a mean of three equal floats
+    for combined in (triple.best, triple.vote, triple.mean_prob):
         assert combined == {"accuracy": acc}
     assert triple.predictions["vote"] == single.predictions["prompt:prompt0"]
     assert triple.predictions["mean_prob"] == single.predictions["prompt:prompt0"]

@@ -17,8 +17,9 @@ Generation tasks have no choice scores: the ensemble greedily generates with eve
 rows carrying their prompt index) and takes a majority vote over the generated strings; a tie goes to the string of
 the lowest-numbered prompt among the tied. There is no mean-prob for generation.
 
-Speed: rows are laid out in order of input length before chunking, so a chunk holds inputs of nearly equal length
-and pads little (bench/ensemble_bench.py measures what that is worth).
+Speed (bench/ensemble_bench.py measures each): rows are laid out in order of input length before chunking, so a
+chunk holds inputs of nearly equal length and pads little; and when every choice is one token (most verbalizers),
+the K choices of an (example, prompt) share one row, since they differ only in the token being scored.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from torch import Tensor
 
 from softprompt.backbone import Backbone
 from softprompt.bank import PromptBank
-from softprompt.batching import encode_inputs
+from softprompt.batching import encode_inputs, encode_target, make_input_batch
 from softprompt.evaluate import score_choices
 from softprompt.prompted import PromptedModel
 from softprompt.promptfile import PromptFile, PromptMeta, check_compatible, load_prompt
@@ -177,17 +178,57 @@ class Ensemble:
         return sorted(range(len(examples)), key=lambda i: -lengths[i])
 
     def score(self, examples: Sequence[Example], *, batch_size: int = 64, instruction: str = "",
-              max_input_tokens: int = 256, sort_by_length: bool = True, progress: bool = False) -> Tensor:
+              max_input_tokens: int = 256, sort_by_length: bool = True, share_prefix: bool = True,
+              progress: bool = False) -> Tensor:
         """Log-likelihood of every choice under every prompt: [N, E, K], in one batched pass of N × E × K rows
-        (at most ``batch_size`` rows per forward: the memory budget)."""
+        (at most ``batch_size`` rows per forward: the memory budget).
+
+        ``share_prefix``: when every choice is a single token on a decoder-only model (SST-2's " positive" /
+        " negative", RTE's " yes" / " no"), the K rows of an (example, prompt) differ only in that last token, and
+        the logits that score it come from the shared prefix; one row then scores all K choices (K times fewer rows,
+        the same splice, the same numbers up to float rounding). Otherwise, or when False: :func:`score_choices`.
+        """
         order = (self._length_order(examples, instruction, max_input_tokens) if sort_by_length
                  else list(range(len(examples))))
-        scores = score_choices(self.model, [examples[i] for i in order], range(self.num_prompts),
-                               batch_size=batch_size, instruction=instruction, max_input_tokens=max_input_tokens,
-                               progress=progress)
+        ordered = [examples[i] for i in order]
+        choice_ids = self._single_token_choices(ordered) if share_prefix else None
+        if choice_ids is not None:
+            scores = self._score_next_token(ordered, choice_ids, batch_size, instruction, max_input_tokens)
+        else:
+            scores = score_choices(self.model, ordered, range(self.num_prompts), batch_size=batch_size,
+                                   instruction=instruction, max_input_tokens=max_input_tokens, progress=progress)
         out = torch.empty_like(scores)
         out[:, order] = scores
         return out
+
+    def _single_token_choices(self, examples: Sequence[Example]) -> list[list[int]] | None:
+        """Each example's choice token ids if every choice is one token and the model is decoder-only, else None."""
+        backbone = self.model.backbone
+        if backbone.is_encoder_decoder or any(e.choices is None for e in examples):
+            return None
+        ids: dict[str, list[int]] = {}
+        for choice in {c for e in examples for c in e.choices or ()}:
+            ids[choice] = encode_target(backbone.tokenizer, choice, encoder_decoder=False, add_eos=False)
+            if len(ids[choice]) != 1:
+                return None
+        return [[ids[c][0] for c in e.choices or ()] for e in examples]
+
+    def _score_next_token(self, examples: Sequence[Example], choice_ids: list[list[int]], batch_size: int,
+                          instruction: str, max_input_tokens: int) -> Tensor:
+        """[N, E, K] scores from N × E rows (prompt, example): each row's next-token log-probabilities at the end
+        of its input, read at its choices' token ids."""
+        k_max = max(len(c) for c in choice_ids)
+        scores = torch.full((self.num_prompts, len(examples), k_max), float("-inf"))
+        rows = [(n, e) for n in range(self.num_prompts) for e in range(len(examples))]
+        for start in range(0, len(rows), batch_size):
+            chunk = rows[start:start + batch_size]
+            ids, mask = make_input_batch(self.model.backbone.tokenizer,
+                                         [instruction + examples[e].input for _, e in chunk], max_input_tokens)
+            index = torch.tensor([n for n, _ in chunk], dtype=torch.long)
+            logp = self.model.next_token_logprobs(ids, mask, index).cpu()  # [B, V]
+            for row, (n, e) in enumerate(chunk):
+                scores[n, e, : len(choice_ids[e])] = logp[row, choice_ids[e]]
+        return scores
 
     @torch.no_grad()
     def generate(self, examples: Sequence[Example], *, batch_size: int = 16, instruction: str = "",
@@ -209,7 +250,7 @@ class Ensemble:
 
     def evaluate(self, task: Task, examples: Sequence[Example], *, batch_size: int = 64, instruction: str = "",
                  max_new_tokens: int = 32, max_input_tokens: int = 256, sort_by_length: bool = True,
-                 progress: bool = False) -> EnsembleResult:
+                 share_prefix: bool = True, progress: bool = False) -> EnsembleResult:
         """Score every prompt and every combination on ``examples`` (see the module docstring)."""
         if not examples:
             raise ValueError("no examples to evaluate")
@@ -218,7 +259,8 @@ class Ensemble:
         mean_prob = None
         if task.kind == "classification":
             scores = self.score(examples, batch_size=batch_size, instruction=instruction,
-                                max_input_tokens=max_input_tokens, sort_by_length=sort_by_length, progress=progress)
+                                max_input_tokens=max_input_tokens, sort_by_length=sort_by_length,
+                                share_prefix=share_prefix, progress=progress)
             per_prompt_preds = [_choice_texts(examples, s.argmax(dim=-1)) for s in scores]
             vote_preds = _choice_texts(examples, majority_vote(scores))
             mp_preds = _choice_texts(examples, mean_probability(scores))
