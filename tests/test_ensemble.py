@@ -78,7 +78,7 @@ def test_batched_ensemble_equals_sequential_per_prompt_passes(family: str, words
     prompts = [torch.randn(p, backbone.hidden_size, generator=g) * 0.1 for p in (3, 5, 4)]
     examples = _examples(words=words)
     ens = Ensemble(backbone, prompts)
-    shared = ens._single_token_choices(examples) is not None
+    shared = ens.single_token_choices(examples) is not None
     assert shared == (words[0] == "n" and family != "t5")
     batched = ens.score(examples, batch_size=7)  # chunks split prompts and examples
     for n, prompt in enumerate(prompts):

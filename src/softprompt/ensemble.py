@@ -191,7 +191,7 @@ class Ensemble:
         order = (self._length_order(examples, instruction, max_input_tokens) if sort_by_length
                  else list(range(len(examples))))
         ordered = [examples[i] for i in order]
-        choice_ids = self._single_token_choices(ordered) if share_prefix else None
+        choice_ids = self.single_token_choices(ordered) if share_prefix else None
         if choice_ids is not None:
             scores = self._score_next_token(ordered, choice_ids, batch_size, instruction, max_input_tokens)
         else:
@@ -201,7 +201,7 @@ class Ensemble:
         out[:, order] = scores
         return out
 
-    def _single_token_choices(self, examples: Sequence[Example]) -> list[list[int]] | None:
+    def single_token_choices(self, examples: Sequence[Example]) -> list[list[int]] | None:
         """Each example's choice token ids if every choice is one token and the model is decoder-only, else None."""
         backbone = self.model.backbone
         if backbone.is_encoder_decoder or any(e.choices is None for e in examples):
