@@ -48,12 +48,18 @@ def train_lines(data: Path, tasks: list[str]) -> list[str]:
     return out
 
 
-def neighbor_table(nb: dict, rows: int) -> list[str]:
+def neighbor_table(nb: dict, drift: dict | None) -> list[str]:
+    """One row per prompt position: norm, top-k neighbours; with ``drift``, the init token and where it ranks now."""
     k = nb["k"]
-    lines = ["| pos | norm | " + " | ".join(f"#{j + 1}" for j in range(k)) + " |", "|---" * (k + 2) + "|"]
-    for p in nb["positions"][:rows]:
-        cells = " | ".join(f"`{n['token']!r}` {n['cosine']:.2f}".replace("|", "\\|") for n in p["neighbors"])
-        lines.append(f"| {p['position']} | {p['norm']:.2f} | {cells} |")
+    extra = ["init token", "its rank now", "cos(init, trained)"] if drift else []
+    lines = ["| pos | norm | " + " | ".join([f"#{j + 1}" for j in range(k)] + extra) + " |",
+             "|---" * (k + 2 + len(extra)) + "|"]
+    for p in nb["positions"]:
+        cells = [f"`{n['token']!r}` {n['cosine']:.2f}".replace("|", "\\|") for n in p["neighbors"]]
+        if drift:
+            d = drift["positions"][p["position"]]
+            cells += [f"`{d['init_token']!r}`", str(d["init_token_rank_now"]), f"{d['cosine_to_init']:.2f}"]
+        lines.append(f"| {p['position']} | {p['norm']:.2f} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -67,6 +73,8 @@ def main() -> int:
     tasks = args.tasks.split(",")
     results = [json.loads((args.data / f"ensemble_{t}.json").read_text()) for t in tasks]
     nb = json.loads((args.data / "neighbors.json").read_text())
+    drift_path = args.data / "drift.json"
+    drift = json.loads(drift_path.read_text()) if drift_path.is_file() else None
     bench = json.loads(args.bench.read_text())
     reading = (args.data / "reading.md").read_text().strip()
     settings = results[0]
@@ -150,10 +158,13 @@ def main() -> int:
         "",
         f"Top-{nb['k']} tokens of the model's input embedding matrix by cosine similarity, per prompt position "
         f"(mean token-embedding norm {nb['vocab_norm_mean']:.2f} for comparison with the prompt norms). "
-        "Verbalizer words among the neighbours: "
+        + ("The last three columns (`scripts/prompt_drift.py`) re-create the prompt's initialisation from its file's "
+           "train_config: the token each position started as, that token's rank among the trained vector's nearest "
+           "tokens now, and the cosine between the initial and trained vectors. " if drift else "")
+        + "Verbalizer words among the neighbours: "
         + "; ".join(f"`{w!r}` at positions {p or 'none'}" for w, p in nb["verbalizer_hits"].items()) + ".",
         "",
-        *neighbor_table(nb, 20),
+        *neighbor_table(nb, drift),
         "",
     ]
     if "similarity" in nb:
