@@ -69,8 +69,11 @@ def _examples(n: int = 6, words: tuple[str, str, str] = (" negative", " positive
 
 # Multi-piece choices take score_choices' K rows per (example, prompt); one-byte choices ("n", "y", "m" are single
 # tokens of the byte tokenizer) take the shared-prefix path on decoder-only models, one row per (example, prompt).
-@pytest.mark.parametrize("words", [(" negative", " positive", " neutral"), ("n", "y", "m")], ids=["multi", "one"])
-@pytest.mark.parametrize("family", ["llama", "gpt2", "t5"])
+MULTI, ONE = (" negative", " positive", " neutral"), ("n", "y", "m")
+
+
+@pytest.mark.parametrize(("family", "words"), [("llama", MULTI), ("llama", ONE), ("gpt2", ONE), ("t5", MULTI)],
+                         ids=["llama-multi", "llama-one", "gpt2-one", "t5-multi"])
 def test_batched_ensemble_equals_sequential_per_prompt_passes(family: str, words: tuple[str, str, str]) -> None:
     backbone = tiny_backbone(family)
     g = torch.Generator().manual_seed(1)
