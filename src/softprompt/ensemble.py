@@ -32,6 +32,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from softprompt.backbone import Backbone
 from softprompt.bank import PromptBank
@@ -193,7 +194,7 @@ class Ensemble:
         ordered = [examples[i] for i in order]
         choice_ids = self.single_token_choices(ordered) if share_prefix else None
         if choice_ids is not None:
-            scores = self._score_next_token(ordered, choice_ids, batch_size, instruction, max_input_tokens)
+            scores = self._score_next_token(ordered, choice_ids, batch_size, instruction, max_input_tokens, progress)
         else:
             scores = score_choices(self.model, ordered, range(self.num_prompts), batch_size=batch_size,
                                    instruction=instruction, max_input_tokens=max_input_tokens, progress=progress)
@@ -214,13 +215,14 @@ class Ensemble:
         return [[ids[c][0] for c in e.choices or ()] for e in examples]
 
     def _score_next_token(self, examples: Sequence[Example], choice_ids: list[list[int]], batch_size: int,
-                          instruction: str, max_input_tokens: int) -> Tensor:
+                          instruction: str, max_input_tokens: int, progress: bool = False) -> Tensor:
         """[N, E, K] scores from N × E rows (prompt, example): each row's next-token log-probabilities at the end
         of its input, read at its choices' token ids."""
         k_max = max(len(c) for c in choice_ids)
         scores = torch.full((self.num_prompts, len(examples), k_max), float("-inf"))
         rows = [(n, e) for n in range(self.num_prompts) for e in range(len(examples))]
-        for start in range(0, len(rows), batch_size):
+        for start in tqdm(range(0, len(rows), batch_size), desc="score", unit="batch", disable=not progress,
+                          leave=False):
             chunk = rows[start:start + batch_size]
             ids, mask = make_input_batch(self.model.backbone.tokenizer,
                                          [instruction + examples[e].input for _, e in chunk], max_input_tokens)
