@@ -141,6 +141,8 @@ def main() -> int:
         "",
         *ensemble_table(results),
         "",
+        *([(args.data / "ensemble_reading.md").read_text().strip(), ""]
+          if (args.data / "ensemble_reading.md").is_file() else []),
         "How these numbers were made (CPU, 1 thread, on 2 cores shared with other jobs):",
         "",
         "- Prompts: `softprompt train --seeds 1,2,3,4,5`, P = 20, class-label init (seeded sampled-vocabulary rows "
