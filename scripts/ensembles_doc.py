@@ -71,8 +71,9 @@ def speed_reading(bench: dict) -> list[str]:
         f"Work is what CPU time follows. `batched_naive` computes exactly the token slots of `sequential` ({seq}): a "
         "chunk of 32 rows is already a large matrix product, so one call over all prompts can only save per-call "
         f"overhead; its measured ratio here is {ratio['batched_naive']:.2f}. The shipped pass (`batched`) computes "
-        f"{slots['batched'] / seq:.0%} of the slots: length order removes most padding (`batched_sorted`: "
-        f"{slots['batched_sorted'] / seq:.0%}) and one row per (example, prompt) halves the rows for K = 2.",
+        f"{slots['batched'] / seq:.0%} of the slots. Length order alone (`batched_sorted`) computes "
+        f"{slots['batched_sorted'] / seq:.0%} of them: it can only help when a prompt's rows span several chunks "
+        "of different lengths. One row per (example, prompt) for one-token choices halves the rows for K = 2.",
     ]
     if "sequential_sorted_shared" in ratio:
         out.append(f"`sequential_sorted_shared` does the same reduced work one prompt at a time (ratio "
@@ -160,7 +161,7 @@ def main() -> int:
         "",
         "- Prompts: `softprompt train --seeds 1,2,3,4,5`, P = 20, class-label init (seeded sampled-vocabulary rows "
         "after the label rows), Adafactor lr 0.3, batch 8 (SST-2) / 4 (RTE, inputs cut to their last 96 tokens). "
-        "Very few steps: on this shared CPU one SST-2 step took 12–25 s and one RTE step about a minute.",
+        "Very few steps: on this shared CPU one SST-2 step (batch 8) took 10–25 s and one RTE step (batch 4) 30–70 s.",
         *train_lines(args.data, tasks),
         f"- Evaluation: the first {settings['examples']} validation examples of SST-2 "
         f"and the first {results[-1]['examples']} of RTE (examples are not seen in training), "
@@ -169,7 +170,8 @@ def main() -> int:
         "## Speed: one batched pass vs N passes",
         "",
         f"`bench/ensemble_bench.py`, {bench['model']}, {b['task']}, E = {b['examples']}, N = {b['prompts']}, "
-        f"P = {b['prompt_length']}, {b['batch_size']} rows per forward, torch threads "
+        f"P = {b['prompt_length']}, {b['batch_size']} rows per forward, best of {b['repeats']} interleaved runs, "
+        "torch threads "
         f"{bench['machine']['torch_threads']} of {bench['machine']['cpu_count']} cores (load average before/after "
         f"{bench['machine']['load_average_before'][0]} / {bench['machine']['load_average_after'][0]}).",
         "",
