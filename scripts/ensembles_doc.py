@@ -164,7 +164,8 @@ def main() -> int:
         "Very few steps: on this shared CPU one SST-2 step (batch 8) took 10–25 s and one RTE step (batch 4) 30–70 s.",
         *train_lines(args.data, tasks),
         f"- Evaluation: the first {settings['examples']} validation examples of SST-2 "
-        f"and the first {results[-1]['examples']} of RTE (examples are not seen in training), "
+        f"and the first {results[-1]['examples']} of RTE (never trained on; each training run scored the first 20 "
+        "of them once, after its last step, which selects nothing), "
         "`softprompt ensemble --json --out`.",
         "",
         "## Speed: one batched pass vs N passes",
