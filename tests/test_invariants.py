@@ -75,7 +75,7 @@ def test_only_the_prompt_changes_after_a_step(backbone) -> None:
 
 def test_single_token_fast_path_equals_full_rows(backbone) -> None:
     """Scoring single-token choices from one next-token distribution equals scoring each choice as a row."""
-    from softprompt.evaluate import _single_token_choices, score_choices
+    from softprompt.evaluate import score_choices, single_token_choices
     from softprompt.tasks import Example
 
     tok = backbone.tokenizer
@@ -84,9 +84,9 @@ def test_single_token_fast_path_equals_full_rows(backbone) -> None:
     pm = PromptedModel(backbone, PromptBank(torch.randn(2, 3, backbone.hidden_size)))
     fast = score_choices(pm, examples, (0, 1), batch_size=4)
     if backbone.is_encoder_decoder:
-        assert _single_token_choices(pm, examples) is None
+        assert single_token_choices(pm, examples) is None
         return
-    assert _single_token_choices(pm, examples) is not None
+    assert single_token_choices(pm, examples) is not None
     for n in range(2):
         for e, ex in enumerate(examples):
             for k, choice in enumerate(ex.choices):

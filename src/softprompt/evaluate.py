@@ -28,13 +28,18 @@ def score_choices(
     instruction: str = "",
     max_input_tokens: int = 256,
     progress: bool = False,
+    share_prefix: bool = True,
 ) -> Tensor:
     """Log-likelihood of every choice of every example under every prompt: [N, E, K] (−inf past an example's
-    own number of choices)."""
+    own number of choices).
+
+    ``share_prefix``: when every choice is one token on a decoder-only model, score all K from one row (see
+    :func:`single_token_choices`); False forces the general K-rows path (benchmarks, checks).
+    """
     if any(e.choices is None for e in examples):
         raise ValueError("score_choices needs classification examples (with choices)")
     k_max = max((len(e.choices or ()) for e in examples), default=0)
-    first_tokens = _single_token_choices(pm, examples)
+    first_tokens = single_token_choices(pm, examples) if share_prefix else None
     if first_tokens is not None:
         return _score_single_tokens(pm, examples, first_tokens, prompt_indices, batch_size=batch_size,
                                     instruction=instruction, max_input_tokens=max_input_tokens, progress=progress)
@@ -58,7 +63,7 @@ def score_choices(
     return scores
 
 
-def _single_token_choices(pm: PromptedModel, examples: Sequence[Example]) -> list[list[int]] | None:
+def single_token_choices(pm: PromptedModel, examples: Sequence[Example]) -> list[list[int]] | None:
     """Each example's choice token ids when every choice of a decoder-only model is one token, else None.
 
     Then one row per (example, prompt) scores all K choices from the same next-token distribution — the same

@@ -76,12 +76,16 @@ class PromptedModel(nn.Module):
         picked = torch.gather(logp, 2, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
         return picked * mask, mask
 
+    @torch.no_grad()
     def next_token_logprobs(self, input_ids: Tensor, attention_mask: Tensor, prompt_index: Tensor) -> Tensor:
-        """[B, V] log-probabilities of the token after each row's input (decoder-only models)."""
+        """[B, V] log-probabilities of the token that follows each row's prompt + input (decoder-only models).
+
+        The same splice and positions as :meth:`target_logprobs`, so for a one-token target this equals its score;
+        rank classification with one-token choices reads all K choices from one row instead of K rows.
+        """
         if self.backbone.is_encoder_decoder:
             raise ValueError("next_token_logprobs is for decoder-only models")
-        s = self.splice_rows(input_ids, attention_mask, prompt_index)
-        kwargs = self._model_kwargs(s)
+        kwargs = self._model_kwargs(self.splice_rows(input_ids, attention_mask, prompt_index))
         if self._keep_logits:
             kwargs["logits_to_keep"] = 1
         return torch.log_softmax(self.model(**kwargs).logits[:, -1].float(), dim=-1)

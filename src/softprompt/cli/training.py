@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from softprompt.cli.common import UsageError, add_model, add_task, backbone_from_args, emit, task_from_args
@@ -29,6 +30,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--weight-decay", type=float, default=d.weight_decay)
     p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--seeds", default=None,
+                   help="comma-separated seeds, e.g. 1,2,3: one run per seed, each written to OUT-seed{S}.safetensors "
+                        "(the prompts of an ensemble)")
     p.add_argument("--eval-every", type=int, default=d.eval_every, help="0: evaluate only at the end")
     p.add_argument("--eval-limit", type=int, default=d.eval_limit, help="validation examples per eval")
     p.add_argument("--no-eval", action="store_true", help="no validation; keep the last prompt")
@@ -57,9 +61,26 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
                        max_input_tokens=args.max_input_tokens)
 
 
+def parse_seeds(text: str) -> list[int]:
+    """``"1,2,3"`` → [1, 2, 3]; duplicates and non-integers are usage errors."""
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise UsageError(f"--seeds must be comma-separated integers, got {text!r}") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise UsageError(f"--seeds needs distinct integers, got {text!r}")
+    return seeds
+
+
+def seed_out(out: Path, seed: int) -> Path:
+    """``runs/sst2.safetensors`` → ``runs/sst2-seed3.safetensors``."""
+    return out.with_name(f"{out.stem}-seed{seed}{out.suffix}")
+
+
 def run(args: argparse.Namespace) -> int:
     if args.out.suffix != ".safetensors":
         raise UsageError(f"--out must end in .safetensors, got {args.out}")
+    seeds = parse_seeds(args.seeds) if args.seeds else None
     config = config_from_args(args)
     task = task_from_args(args)
     train = task.examples("train", args.data_dir, limit=args.train_limit)
@@ -74,11 +95,15 @@ def run(args: argparse.Namespace) -> int:
         enable_gradient_checkpointing(backbone.model)
     if dist is not None and (args.fsdp or fsdp_requested()):
         shard_backbone(backbone, dist)
-    t0 = time.perf_counter()
-    result = train_prompt(backbone, task, train, config, args.out, validation=validation, resume=args.resume,
-                          progress=not args.no_progress, dist=dist)
-    if dist is not None and not dist.is_main:
-        return 0  # the main process reports
-    emit({"out": str(args.out), "task": task.name, "model": args.model, "seconds": round(time.perf_counter() - t0, 2),
-          **result.metrics}, args.json)
+    # One run per seed on the one loaded backbone; a single --seed keeps OUT as given.
+    runs = [(config, args.out)] if seeds is None else [
+        (replace(config, seed=s), seed_out(args.out, s)) for s in seeds]
+    for cfg, out in runs:
+        t0 = time.perf_counter()
+        result = train_prompt(backbone, task, train, cfg, out, validation=validation, resume=args.resume,
+                              progress=not args.no_progress, dist=dist)
+        if dist is not None and not dist.is_main:
+            continue  # the main process reports
+        emit({"out": str(out), "task": task.name, "model": args.model, **({"seed": cfg.seed} if seeds else {}),
+              "seconds": round(time.perf_counter() - t0, 2), **result.metrics}, args.json)
     return 0
