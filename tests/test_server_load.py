@@ -14,6 +14,7 @@ import httpx
 import torch
 
 from softprompt.bank import PromptBank
+from softprompt.ensemble import majority_vote
 from softprompt.prompted import PromptedModel
 from softprompt.server import Engine, ServerConfig, create_app
 from softprompt.tasks import get_task
@@ -36,8 +37,8 @@ LABELS = list(VERBALIZER)
 
 
 def expected_classes(backbone, prompts: dict) -> dict[tuple[str, str], tuple[str, dict]]:  # type: ignore[no-untyped-def]
-    """(task, text) → (label, scores) from the offline path; an ensemble by the server's documented vote (majority,
-    ties to the first prompt's choice, scores averaged)."""
+    """(task, text) → (label, scores) from the offline path; an ensemble by the library's vote (majority; ties to
+    the higher mean probability, then the lower label index), scores averaged."""
     out = {}
     sst2 = get_task("sst2")
     for task in ("a", "b", "hot", "sent", "ens"):
@@ -48,9 +49,7 @@ def expected_classes(backbone, prompts: dict) -> dict[tuple[str, str], tuple[str
             formatted, words, labels = TEXTS, tuple(VERBALIZER.values()), LABELS
         per = torch.stack([offline_scores(backbone, p, formatted, words) for p in prompts[task]])  # [M, E, K]
         for e, text in enumerate(TEXTS):
-            votes = [labels[int(per[m, e].argmax())] for m in range(per.shape[0])]
-            counts = Counter(votes)
-            label = next(v for v in votes if counts[v] == max(counts.values()))
+            label = labels[int(majority_vote(per[:, e:e + 1])[0])]
             out[task, text] = (label, dict(zip(labels, per[:, e].mean(0).tolist(), strict=True)))
     return out
 

@@ -28,6 +28,7 @@ from torch import Tensor
 from softprompt.backbone import Backbone
 from softprompt.bank import PromptBank
 from softprompt.batching import make_batch, make_input_batch
+from softprompt.ensemble import majority_vote, vote_strings
 from softprompt.prompted import PromptedModel
 from softprompt.promptfile import PromptFile, PromptFileError, check_compatible, load_prompt
 from softprompt.server.prefix_cache import (
@@ -101,13 +102,6 @@ class Job:
     def rows(self) -> int:
         per_input = len(self.task.words) if self.kind == "classify" else 1
         return len(self.inputs) * per_input * len(self.task.members)
-
-
-def _majority(values: Sequence[str]) -> str:
-    """The most common value; ties go to the one first reached (the first member's)."""
-    counts = Counter(values)
-    best = max(counts.values())
-    return next(v for v in values if counts[v] == best)
 
 
 class Engine:
@@ -305,8 +299,11 @@ class Engine:
                 if job.kind == "classify":
                     per_member = [scores[si + j * k: si + (j + 1) * k] for j in range(n)]
                     si += n * k
-                    votes = [task.labels[max(range(k), key=s.__getitem__)] for s in per_member]
-                    label = _majority(votes)
+                    member_scores = torch.tensor(per_member).unsqueeze(1)  # [N, 1, K]
+                    votes = [task.labels[int(i)] for i in member_scores.argmax(dim=-1)[:, 0]]
+                    # The library's vote (ties: higher mean probability, then lower label index): the server and
+                    # `softprompt ensemble` give the same answer for the same prompts.
+                    label = task.labels[int(majority_vote(member_scores)[0])]
                     mean = [sum(s[i] for s in per_member) / n for i in range(k)]
                     job.result.append({"input": text, "label": label, "text": task.words[task.labels.index(label)]
                                        .strip(), "scores": dict(zip(task.labels, mean, strict=True)),
@@ -314,4 +311,4 @@ class Engine:
                 else:
                     outs = texts[gi:gi + n]
                     gi += n
-                    job.result.append({"input": text, "text": _majority(outs)})
+                    job.result.append({"input": text, "text": vote_strings([[o] for o in outs])[0]})
