@@ -1,4 +1,5 @@
-"""``softprompt train``: prompt-tune a frozen model on a task and write a prompt file."""
+"""``softprompt train``: prompt-tune a frozen model on a task and write a prompt file, or (``--method model-tuning``)
+fine-tune every weight and write a model folder."""
 
 from __future__ import annotations
 
@@ -8,14 +9,21 @@ from pathlib import Path
 
 from softprompt.cli.common import UsageError, add_model, add_task, backbone_from_args, emit, task_from_args
 from softprompt.init import INITS
+from softprompt.methods import task_parameters
+from softprompt.model_tuning import ModelTuneConfig, tune_model
 from softprompt.trainer import TrainConfig, train_prompt
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="prompt-tune a frozen model; writes a .safetensors prompt file")
+    p = sub.add_parser("train", help="prompt-tune a frozen model (writes a .safetensors prompt file) or fine-tune it "
+                                      "(--method model-tuning, writes a model folder)")
     add_model(p)
     add_task(p)
-    p.add_argument("--out", type=Path, required=True, help="prompt file to write (.safetensors)")
+    p.add_argument("--method", choices=["prompt-tuning", "model-tuning"], default="prompt-tuning",
+                   help="prompt-tuning: a soft prompt on the frozen model; model-tuning: every weight trained, no "
+                        "prompt (the baseline)")
+    p.add_argument("--out", type=Path, required=True,
+                   help="prompt file to write (.safetensors); a model folder for --method model-tuning")
     d = TrainConfig()
     p.add_argument("--steps", type=int, default=d.steps)
     p.add_argument("--batch-size", type=int, default=d.batch_size)
@@ -23,9 +31,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--prompt-length", type=int, default=d.prompt_length, help="P, soft-prompt vectors")
     p.add_argument("--init", choices=INITS, default=d.init)
     p.add_argument("--init-text", default=None, help="string for --init text")
-    p.add_argument("--optimizer", choices=["adafactor", "adam", "adamw"], default=d.optimizer)
-    p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    m = ModelTuneConfig()
+    p.add_argument("--optimizer", choices=["adafactor", "adam", "adamw"], default=None,
+                   help=f"default {d.optimizer} (prompt tuning), {m.optimizer} (model tuning)")
+    p.add_argument("--lr", type=float, default=None, help=f"default {d.lr} (prompt tuning), {m.lr} (model tuning)")
+    p.add_argument("--weight-decay", type=float, default=None,
+                   help=f"default {d.weight_decay} (prompt tuning), {m.weight_decay} (model tuning)")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--eval-every", type=int, default=d.eval_every, help="0: evaluate only at the end")
     p.add_argument("--eval-limit", type=int, default=d.eval_limit, help="validation examples per eval")
@@ -39,15 +50,47 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _optimizer_args(args: argparse.Namespace, defaults: TrainConfig | ModelTuneConfig) -> dict:
+    """--optimizer/--lr/--weight-decay, each falling back to the method's own default."""
+    return {k: getattr(defaults, k) if getattr(args, k) is None else getattr(args, k)
+            for k in ("optimizer", "lr", "weight_decay")}
+
+
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(steps=args.steps, batch_size=args.batch_size, grad_accum=args.grad_accum,
                        prompt_length=args.prompt_length, init=args.init, init_text=args.init_text,
-                       optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay, seed=args.seed,
+                       **_optimizer_args(args, TrainConfig()), seed=args.seed,
                        eval_every=args.eval_every, eval_limit=args.eval_limit, save_every=args.save_every,
                        max_input_tokens=args.max_input_tokens)
 
 
+def model_tune_config_from_args(args: argparse.Namespace) -> ModelTuneConfig:
+    return ModelTuneConfig(steps=args.steps, batch_size=args.batch_size, grad_accum=args.grad_accum,
+                           **_optimizer_args(args, ModelTuneConfig()), seed=args.seed, eval_every=args.eval_every,
+                           eval_limit=args.eval_limit, max_input_tokens=args.max_input_tokens)
+
+
+def run_model_tuning(args: argparse.Namespace) -> int:
+    if args.out.suffix == ".safetensors" or args.out.is_file():
+        raise UsageError(f"--method model-tuning writes a model folder; --out {args.out} looks like a file")
+    if args.resume:
+        raise UsageError("--resume is for prompt tuning; a model-tuning run starts over")
+    config = model_tune_config_from_args(args)
+    task = task_from_args(args)
+    train = task.examples("train", args.data_dir, limit=args.train_limit)
+    validation = None if args.no_eval else task.examples("validation", args.data_dir, limit=config.eval_limit)
+    backbone = backbone_from_args(args)
+    t0 = time.perf_counter()
+    result = tune_model(backbone, task, train, config, args.out, validation=validation,
+                        progress=not args.no_progress)
+    emit({"out": str(args.out), "task": task.name, "model": args.model, "method": "model-tuning",
+          "seconds": round(time.perf_counter() - t0, 2), **result.metrics}, args.json)
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.method == "model-tuning":
+        return run_model_tuning(args)
     if args.out.suffix != ".safetensors":
         raise UsageError(f"--out must end in .safetensors, got {args.out}")
     config = config_from_args(args)
@@ -58,6 +101,8 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     result = train_prompt(backbone, task, train, config, args.out, validation=validation, resume=args.resume,
                           progress=not args.no_progress)
-    emit({"out": str(args.out), "task": task.name, "model": args.model, "seconds": round(time.perf_counter() - t0, 2),
-          **result.metrics}, args.json)
+    trainable = task_parameters("prompt-tuning", model_parameters=0, hidden_size=backbone.hidden_size,
+                                prompt_length=config.prompt_length)
+    emit({"out": str(args.out), "task": task.name, "model": args.model, "method": "prompt-tuning",
+          "seconds": round(time.perf_counter() - t0, 2), "trainable_params": trainable, **result.metrics}, args.json)
     return 0
