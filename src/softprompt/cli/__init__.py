@@ -10,10 +10,10 @@ import sys
 import traceback
 from collections.abc import Sequence
 
-from softprompt.cli import common, evaluation, inspection, models, training
+from softprompt.cli import adaptation, common, evaluation, experiments, inspection, models, training
 
 # Command groups, in --help order. Add a module here to add commands.
-COMMANDS = [training, evaluation, inspection, models]
+COMMANDS = [training, evaluation, adaptation, experiments, inspection, models]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,432 @@
+"""Experiment grids: models × methods × tasks (or train→eval task pairs) × prompt lengths × inits × seeds (× shots).
+
+A grid is an :class:`ExperimentConfig` read from YAML (unknown keys, unknown tasks, methods, inits and models are
+errors raised before anything trains). Each cell's result is one JSON file ``<output>/cells/<cell id>.json`` holding
+its settings, the model, metrics, seconds, task-specific parameter count and library versions. A rerun skips every
+cell whose JSON exists, so an interrupted sweep resumes where it stopped (a prompt-tuning cell also resumes from its
+own checkpoint). :mod:`softprompt.report` turns the cells into a markdown table and plots.
+
+Which cells a grid holds:
+
+- prompt-tuning: every task × prompt length × init × seed;
+- model-tuning: every task × seed (prompt length and init do not apply);
+- prompt-design: every in-domain task × shots (× seed when shots > 0: the seed picks the demonstrations);
+  train→eval pairs (domain shift) are for the two tuned methods only.
+
+Selection: with ``eval_every: 0`` (the default here) the last step is kept and the eval task's ``eval.split`` is read
+once, at the end; with ``eval_every > 0`` the best step is chosen on the *train* task's validation split, so the
+reported score is never the one used for selection unless the two coincide (in-domain cells with eval.split
+validation).
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import re
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from softprompt.backbone import Backbone, load_backbone
+from softprompt.bank import PromptBank
+from softprompt.configfile import ConfigError, build
+from softprompt.evaluate import evaluate
+from softprompt.init import INITS
+from softprompt.methods import METHODS, count_parameters, task_parameters
+from softprompt.model_tuning import ModelTuneConfig, tune_model
+from softprompt.models import BUILTIN_MODELS, is_installed
+from softprompt.prompt_design import design_prompt
+from softprompt.prompted import PromptedModel
+from softprompt.promptfile import atomic_write
+from softprompt.tasks import Example, Task, TaskDataError, get_task
+from softprompt.trainer import TrainConfig, train_prompt
+
+
+@dataclass
+class TaskPair:
+    """Domain shift: train on one task, evaluate on another (the paper's QQP ↔ MRPC)."""
+
+    train_task: str
+    eval_task: str
+
+
+@dataclass
+class EvalSettings:
+    split: str = "validation"
+    limit: int | None = 200
+    """first N examples of the split (None: all)"""
+    batch_size: int = 32
+    max_input_tokens: int = 256
+    max_new_tokens: int = 32
+
+
+def _pt_default() -> TrainConfig:
+    return TrainConfig(eval_every=0)
+
+
+def _mt_default() -> ModelTuneConfig:
+    return ModelTuneConfig(eval_every=0)
+
+
+@dataclass
+class ExperimentConfig:
+    """One grid. Relative paths (output, report_dir, data_dir, task and model files) are from the current folder."""
+
+    name: str
+    models: list[str]
+    """built-in names, local model folders, .gguf files or hub ids"""
+    tasks: list[str] = field(default_factory=list)
+    """in-domain tasks: built-in names or .yaml task specs"""
+    pairs: list[TaskPair] = field(default_factory=list)
+    methods: list[str] = field(default_factory=lambda: list(METHODS))
+    prompt_lengths: list[int] = field(default_factory=lambda: [20])
+    """P values; the first is the headline setting of the report"""
+    inits: list[str] = field(default_factory=lambda: ["class-label"])
+    """prompt initialisations; the first is the headline setting"""
+    seeds: list[int] = field(default_factory=lambda: [0])
+    shots: list[int] = field(default_factory=lambda: [0])
+    """prompt-design demonstrations; the first is the headline setting"""
+    prompt_tuning: TrainConfig = field(default_factory=_pt_default)
+    """TrainConfig without prompt_length, init and seed (the grid sets them)"""
+    model_tuning: ModelTuneConfig = field(default_factory=_mt_default)
+    """ModelTuneConfig without seed"""
+    eval: EvalSettings = field(default_factory=EvalSettings)
+    train_limit: int | None = None
+    """first N training examples of each task (None: all)"""
+    data_dir: str | None = None
+    output: str = "results"
+    """cells go to <output>/<name>/cells/"""
+    report_dir: str = "docs/results"
+    """the report goes to <report_dir>/<name>/"""
+    threads: int | None = None
+    keep_models: bool = False
+    """keep each model-tuning cell's model folder (one full model per cell)"""
+    description: str = ""
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.output) / self.name
+
+    @property
+    def report_path(self) -> Path:
+        return Path(self.report_dir) / self.name
+
+
+# Grid axes may not be set inside the per-method sections: the grid would silently override them.
+AXIS_KEYS = {"prompt_tuning": ("prompt_length", "init", "seed"), "model_tuning": ("seed",)}
+
+
+def slug(name: str) -> str:
+    """A file-name-safe label for a model or task given as a name or a path."""
+    p = Path(name)
+    base = p.stem if p.suffix in (".yaml", ".yml", ".gguf") else (p.name or name)
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", base).strip("-") or "x"
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One run of the grid."""
+
+    model: str
+    method: str
+    train_task: str
+    eval_task: str
+    prompt_length: int = 0
+    init: str = ""
+    seed: int = 0
+    shots: int = 0
+
+    @property
+    def id(self) -> str:
+        tasks = slug(self.train_task) if self.train_task == self.eval_task else \
+            f"{slug(self.train_task)}-to-{slug(self.eval_task)}"
+        parts = [slug(self.model), self.method, tasks]
+        if self.method == "prompt-tuning":
+            parts += [f"P{self.prompt_length}", self.init]
+        if self.method == "prompt-design":
+            parts.append(f"k{self.shots}")
+        if self.method != "prompt-design" or self.shots:
+            parts.append(f"s{self.seed}")
+        return "__".join(parts)
+
+
+def load_config(path: str | Path) -> ExperimentConfig:
+    """Read and validate a grid: schema, methods, inits, task names and model names. Cheap: loads no model and reads
+    no data."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({err})") from None
+    if isinstance(raw, dict):
+        for section, keys in AXIS_KEYS.items():
+            fixed = sorted(set(raw.get(section) or {}) & set(keys))
+            if fixed:
+                raise ConfigError(f"{path}: {section}.{fixed} are grid axes; set them with the top-level lists "
+                                  "(prompt_lengths, inits, seeds)")
+    config = build(ExperimentConfig, raw, str(path))
+    validate(config, str(path))
+    return config
+
+
+def validate(config: ExperimentConfig, where: str = "config") -> None:
+    if not config.models:
+        raise ConfigError(f"{where}: models is empty")
+    if not config.tasks and not config.pairs:
+        raise ConfigError(f"{where}: no tasks and no pairs")
+    if not re.fullmatch(r"[A-Za-z0-9._-]+", config.name):
+        raise ConfigError(f"{where}: name {config.name!r} must be a plain file name (letters, digits, . _ -)")
+    for key, values, known in (("methods", config.methods, METHODS), ("inits", config.inits, INITS)):
+        bad = [v for v in values if v not in known]
+        if bad or not values:
+            raise ConfigError(f"{where}: {key} {bad or values} not in {list(known)}")
+    for key in ("prompt_lengths", "seeds", "shots"):
+        values = getattr(config, key)
+        if not values or any(v < 0 for v in values) or len(set(values)) != len(values):
+            raise ConfigError(f"{where}: {key} must be a non-empty list of distinct values >= 0, got {values}")
+    if "prompt-tuning" in config.methods and 0 in config.prompt_lengths:
+        raise ConfigError(f"{where}: prompt length 0 is the bare model; use method prompt-design or model-tuning")
+    if "text" in config.inits and not config.prompt_tuning.init_text:
+        raise ConfigError(f"{where}: init 'text' needs prompt_tuning.init_text")
+    for name in task_names(config):
+        try:
+            get_task(name)
+        except TaskDataError as err:
+            raise ConfigError(f"{where}: {err}") from None
+    for name in config.models:
+        check_model_name(name, where)
+    if config.threads is not None and config.threads < 1:
+        raise ConfigError(f"{where}: threads must be >= 1")
+
+
+def task_names(config: ExperimentConfig) -> list[str]:
+    names = list(config.tasks) + [n for p in config.pairs for n in (p.train_task, p.eval_task)]
+    return list(dict.fromkeys(names))
+
+
+def check_model_name(name: str, where: str) -> None:
+    """A model is a built-in name, an existing model folder or .gguf file, or a hub id (``owner/name``)."""
+    if name in BUILTIN_MODELS:
+        return
+    p = Path(name)
+    if p.is_dir():
+        if not (p / "config.json").is_file():
+            raise ConfigError(f"{where}: model folder {name} has no config.json")
+        return
+    if p.suffix == ".gguf":
+        if not p.is_file():
+            raise ConfigError(f"{where}: model file not found: {name}")
+        return
+    if re.fullmatch(r"[\w.-]+/[\w.-]+", name) and not p.parent.exists():
+        return  # a hub id, for online users
+    raise ConfigError(f"{where}: unknown model {name!r}: not a built-in ({', '.join(BUILTIN_MODELS)}), a model "
+                      "folder, a .gguf file or a hub id")
+
+
+def cells(config: ExperimentConfig) -> list[Cell]:
+    """Every cell of the grid, grouped by model (one backbone load per model)."""
+    out: list[Cell] = []
+    pairs = [(t, t) for t in config.tasks] + [(p.train_task, p.eval_task) for p in config.pairs]
+    for model in config.models:
+        for train_task, eval_task in pairs:
+            base = Cell(model, "", train_task, eval_task)
+            for method in config.methods:
+                if method == "prompt-tuning":
+                    out += [replace(base, method=method, prompt_length=p, init=i, seed=s)
+                            for p in config.prompt_lengths for i in config.inits for s in config.seeds]
+                elif method == "model-tuning":
+                    out += [replace(base, method=method, seed=s) for s in config.seeds]
+                elif train_task == eval_task:
+                    out += [replace(base, method=method, shots=k, seed=s)
+                            for k in config.shots for s in (config.seeds if k else config.seeds[:1])]
+    return list(dict.fromkeys(out))
+
+
+def needed_files(config: ExperimentConfig) -> list[tuple[str, str, Path]]:
+    """(task, split, file) for every data file the grid reads."""
+    data_dir = Path(config.data_dir) if config.data_dir else None
+    need: set[tuple[str, str]] = set()
+    for c in cells(config):
+        need.add((c.eval_task, config.eval.split))
+        if c.method != "prompt-design":
+            need.add((c.train_task, "train"))
+            settings = config.prompt_tuning if c.method == "prompt-tuning" else config.model_tuning
+            if settings.eval_every:
+                need.add((c.train_task, "validation"))
+        elif c.shots:
+            need.add((c.eval_task, "train"))
+    return [(t, s, get_task(t).split_path(s, data_dir)) for t, s in sorted(need)]
+
+
+def preflight(config: ExperimentConfig) -> None:
+    """What :func:`load_config` leaves out because it touches the disk: data files and installed models."""
+    for task, split, path in needed_files(config):
+        if not path.is_file():
+            raise TaskDataError(f"task {task!r}, split {split!r}: data file not found: {path}")
+    missing = [m for m in config.models if m in BUILTIN_MODELS and not is_installed(m)]
+    if missing:
+        raise ConfigError(f"built-in model(s) not installed: {missing}; run: softprompt models install "
+                          f"{' '.join(missing)}")
+
+
+def versions() -> dict[str, str]:
+    import transformers
+
+    from softprompt import __version__
+
+    return {"softprompt": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
+            "python": platform.python_version()}
+
+
+def machine() -> dict[str, Any]:
+    return {"platform": platform.platform(), "processor": platform.machine(), "threads": torch.get_num_threads(),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
+@dataclass
+class RunSummary:
+    ran: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+class _Data:
+    """Tasks and their examples, read once per sweep."""
+
+    def __init__(self, config: ExperimentConfig) -> None:
+        self.config = config
+        self.data_dir = Path(config.data_dir) if config.data_dir else None
+        self._tasks: dict[str, Task] = {}
+        self._examples: dict[tuple[str, str], list[Example]] = {}
+
+    def task(self, name: str) -> Task:
+        if name not in self._tasks:
+            self._tasks[name] = get_task(name)
+        return self._tasks[name]
+
+    def examples(self, name: str, split: str, limit: int | None) -> list[Example]:
+        key = (name, f"{split}:{limit}")
+        if key not in self._examples:
+            self._examples[key] = self.task(name).examples(split, self.data_dir, limit=limit)
+        return self._examples[key]
+
+
+def cell_path(config: ExperimentConfig, cell: Cell) -> Path:
+    return config.out_dir / "cells" / f"{cell.id}.json"
+
+
+def run_cell(config: ExperimentConfig, cell: Cell, backbone: Backbone, data: _Data, *, progress: bool = False
+             ) -> dict[str, Any]:
+    """Train (when the method trains) and evaluate one cell; returns its result record."""
+    train_task, eval_task = data.task(cell.train_task), data.task(cell.eval_task)
+    ev = config.eval
+    eval_examples = data.examples(cell.eval_task, ev.split, ev.limit)
+    n_params = count_parameters(backbone.model)
+    t0 = time.perf_counter()
+    instruction = ""
+    extra: dict[str, Any] = {}
+    train_metrics: dict[str, Any] = {}
+    tuned: Backbone | None = None
+    if cell.method == "prompt-tuning":
+        tc = replace(config.prompt_tuning, prompt_length=cell.prompt_length, init=cell.init, seed=cell.seed)
+        validation = data.examples(cell.train_task, "validation", tc.eval_limit) if tc.eval_every else None
+        train = data.examples(cell.train_task, "train", config.train_limit)
+        # The prompt file and its resume checkpoint live beside the cells: a killed cell continues where it was.
+        result = train_prompt(backbone, train_task, train, tc, config.out_dir / "prompts" / f"{cell.id}.safetensors",
+                              validation=validation, resume=True, progress=progress)
+        pm = PromptedModel(backbone, PromptBank(result.prompt.unsqueeze(0)))
+        train_metrics, method_config = result.metrics, asdict(tc)
+    elif cell.method == "model-tuning":
+        mc = replace(config.model_tuning, seed=cell.seed)
+        validation = data.examples(cell.train_task, "validation", mc.eval_limit) if mc.eval_every else None
+        train = data.examples(cell.train_task, "train", config.train_limit)
+        out = config.out_dir / "models" / cell.id if config.keep_models else None
+        mt = tune_model(backbone, train_task, train, mc, out, validation=validation, progress=progress)
+        tuned = mt.backbone
+        pm = PromptedModel(tuned, PromptBank(torch.zeros(1, 0, tuned.hidden_size)))
+        train_metrics, method_config = mt.metrics, asdict(mc)
+        extra = {"loss_first": mt.losses[0], "loss_last": mt.losses[-1]}
+    else:
+        pool = data.examples(cell.eval_task, "train", config.train_limit) if cell.shots else []
+        design = design_prompt(eval_task, backbone.tokenizer, eval_examples, shots=cell.shots, pool=pool,
+                               seed=cell.seed, max_input_tokens=ev.max_input_tokens)
+        pm = PromptedModel(backbone, PromptBank(torch.zeros(1, 0, backbone.hidden_size)))
+        instruction, method_config = design.prefix, {"shots": cell.shots, "seed": cell.seed}
+        extra = {"shots_used": design.shots}
+    train_seconds = time.perf_counter() - t0
+    metrics, _ = evaluate(pm, eval_task, eval_examples, batch_size=ev.batch_size, instruction=instruction,
+                          max_input_tokens=ev.max_input_tokens, max_new_tokens=ev.max_new_tokens)
+    del tuned, pm  # a model-tuned copy is a whole model: free it before the next cell
+    return {
+        "id": cell.id,
+        "experiment": config.name,
+        "cell": asdict(cell),
+        "model": {"name": cell.model, "type": backbone.model_type, "parameters": n_params,
+                  "hidden_size": backbone.hidden_size},
+        "method": cell.method,
+        "train_task": cell.train_task,
+        "eval_task": cell.eval_task,
+        "metric": eval_task.primary_metric,
+        "score": metrics[eval_task.primary_metric],
+        "metrics": metrics,
+        "eval": {**asdict(ev), "examples": len(eval_examples)},
+        "trainable_params": task_parameters(cell.method, model_parameters=n_params,
+                                            hidden_size=backbone.hidden_size, prompt_length=cell.prompt_length),
+        "train": train_metrics,
+        "config": method_config,
+        "seconds": round(time.perf_counter() - t0, 2),
+        "train_seconds": round(train_seconds, 2),
+        **extra,
+        "versions": versions(),
+        "machine": machine(),
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def run_experiment(config: ExperimentConfig, *, progress: bool = False,
+                   log: Callable[[str], None] | None = None,
+                   load: Callable[[str], Backbone] = load_backbone) -> RunSummary:
+    """Run every cell whose JSON does not exist yet; returns which cells ran and which were skipped."""
+    preflight(config)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    say = log or (lambda line: print(line, file=sys.stderr, flush=True))
+    grid = cells(config)
+    summary = RunSummary()
+    t0 = time.perf_counter()
+    data = _Data(config)
+    for model in dict.fromkeys(c.model for c in grid):
+        todo = [c for c in grid if c.model == model and not cell_path(config, c).is_file()]
+        summary.skipped += [c.id for c in grid if c.model == model and c not in todo]
+        if not todo:
+            continue
+        backbone = load(model)
+        for cell in todo:
+            say(f"[{len(summary.ran) + len(summary.skipped) + 1}/{len(grid)}] {cell.id} ...")
+            record = run_cell(config, cell, backbone, data, progress=progress)
+            path = cell_path(config, cell)
+            # Written last and atomically: a cell's JSON exists only once the cell is complete.
+            atomic_write(path, lambda tmp, r=record: Path(tmp).write_text(json.dumps(r, indent=2, sort_keys=True)
+                                                                          + "\n"))
+            summary.ran.append(cell.id)
+            say(f"    {record['metric']} {record['score']:.4f} ({record['seconds']:.1f} s)")
+        del backbone
+    summary.seconds = time.perf_counter() - t0
+    return summary
+
+
+def load_cells(config: ExperimentConfig) -> list[dict[str, Any]]:
+    """The results of the grid's cells that exist (in grid order)."""
+    out = []
+    for c in cells(config):
+        path = cell_path(config, c)
+        if path.is_file():
+            out.append(json.loads(path.read_text()))
+    return out
