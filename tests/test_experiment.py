@@ -130,6 +130,7 @@ def test_cli_rerun_trains_nothing(sweep_dir: Path, tmp_path: Path, capsys: pytes
     ({"prompt_tuning": {"init": "uniform"}}, "grid axes"),
     ({"seeds": "0"}, "expected a list"),
     ({"prompt_tuning": {"steps": 0}}, "steps"),
+    ({"tasks": ["sst2", "sst2.yaml"]}, "share a file label"),
 ])
 def test_bad_config_fails_before_training(sweep_dir: Path, tmp_path: Path, override: dict, message: str,
                                           monkeypatch: pytest.MonkeyPatch) -> None:
@@ -140,6 +141,8 @@ def test_bad_config_fails_before_training(sweep_dir: Path, tmp_path: Path, overr
 
     monkeypatch.setattr(experiment, "train_prompt", no_training)
     monkeypatch.setattr(experiment, "load_backbone", no_training)
+    if override.get("tasks") == ["sst2", "sst2.yaml"]:
+        override = {"tasks": ["sst2", str(write_task(tmp_path / "sst2"))]}  # a file task whose label is sst2
     path = write_config(tmp_path / "bad.yaml", grid(sweep_dir, **override))
     with pytest.raises(ConfigError, match=message):
         load_config(path)

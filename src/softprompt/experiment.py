@@ -204,6 +204,12 @@ def validate(config: ExperimentConfig, where: str = "config") -> None:
         check_model_name(name, where)
     if config.threads is not None and config.threads < 1:
         raise ConfigError(f"{where}: threads must be >= 1")
+    grid = cells(config)
+    ids = [c.id for c in grid]
+    if len(set(ids)) != len(ids):
+        clash = sorted({i for i in ids if ids.count(i) > 1})[0]
+        raise ConfigError(f"{where}: two models or tasks share a file label (cell {clash!r}); give their folders "
+                          "distinct names")
 
 
 def task_names(config: ExperimentConfig) -> list[str]:
