@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from softprompt.configfile import build
-from softprompt.experiment import ExperimentConfig, TaskPair, cells, load_config, task_names, validate
+from softprompt.grid import ExperimentConfig, TaskPair, cells, load_config, task_names, validate
 from softprompt.tasks import TASKS
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))

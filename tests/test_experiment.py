@@ -11,7 +11,8 @@ import yaml
 
 from softprompt.cli import main
 from softprompt.configfile import ConfigError
-from softprompt.experiment import cells, load_config, run_experiment
+from softprompt.experiment import run_experiment
+from softprompt.grid import cells, load_config
 from softprompt.report import write_report
 from softprompt.tiny import save_tiny
 from toytask import write_task

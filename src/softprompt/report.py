@@ -18,7 +18,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from softprompt.experiment import ExperimentConfig, cells, load_cells, slug
+from softprompt.experiment import load_cells
+from softprompt.grid import ExperimentConfig, cells, slug
 from softprompt.promptfile import atomic_write
 
 METHOD_STYLE = {"model-tuning": ("tab:orange", "s"), "prompt-tuning": ("tab:green", "o"),

@@ -6,7 +6,8 @@ import argparse
 from pathlib import Path
 
 from softprompt.cli.common import emit
-from softprompt.experiment import cells, load_config, preflight, run_experiment
+from softprompt.experiment import run_experiment
+from softprompt.grid import cells, load_config, preflight
 
 
 def register(sub: argparse._SubParsersAction) -> None:
