@@ -71,6 +71,8 @@ def test_grid_cells(sweep_dir: Path, tmp_path: Path) -> None:
     # per model: prompt tuning 2 P × 2 inits × (1 task + 1 pair), model tuning × 2, prompt design 0- and 2-shot
     assert len(ids) == 2 * (8 + 2 + 2)
     assert not any(c.method == "prompt-design" and c.train_task != c.eval_task for c in cells(config))
+    assert config.prompt_tuning.eval_every == 0 and config.model_tuning.eval_every == 0  # grid default: no selection
+    assert config.prompt_tuning.steps == 2 and config.model_tuning.lr == 1e-3
 
 
 def test_sweep_runs_resumes_and_reports(sweep_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
@@ -110,14 +112,18 @@ def test_sweep_runs_resumes_and_reports(sweep_dir: Path, tmp_path: Path, capsys:
 
 
 def test_cli_rerun_trains_nothing(sweep_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    small = grid(sweep_dir, name="cli", models=[str(sweep_dir / "tiny-small")], pairs=[], prompt_lengths=[2],
-                 inits=["uniform"], shots=[0], methods=["prompt-tuning", "prompt-design"])
+    small = grid(sweep_dir, name="cli", output=str(tmp_path / "results"), models=[str(sweep_dir / "tiny-small")],
+                 pairs=[], prompt_lengths=[2],
+                 inits=["uniform"], shots=[0], methods=["prompt-tuning", "prompt-design"],
+                 prompt_tuning={"steps": 2, "batch_size": 4, "eval_every": 1, "eval_limit": 4})
     path = write_config(tmp_path / "cli.yaml", small)
     assert main(["experiment", str(path), "--json"]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["ran"] == 2
     assert main(["experiment", str(path), "--json"]) == 0
     again = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert again["ran"] == 0 and again["skipped"] == 2
+    tuned = json.loads(next((tmp_path / "results" / "cli" / "cells").glob("*prompt-tuning*.json")).read_text())
+    assert tuned["train"]["best_step"] in (1, 2)  # eval_every > 0: the best step on the train task's validation
 
 
 @pytest.mark.parametrize(("override", "message"), [

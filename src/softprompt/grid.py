@@ -151,6 +151,9 @@ def load_config(path: str | Path) -> ExperimentConfig:
             if fixed:
                 raise ConfigError(f"{path}: {section}.{fixed} are grid axes; set them with the top-level lists "
                                   "(prompt_lengths, inits, seeds)")
+            if isinstance(raw.get(section), dict):
+                # A grid's default is no selection (see softprompt.experiment), also when a section is given.
+                raw[section] = {"eval_every": 0, **raw[section]}
     config = build(ExperimentConfig, raw, str(path))
     validate(config, str(path))
     return config
