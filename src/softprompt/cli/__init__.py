@@ -10,10 +10,22 @@ import sys
 import traceback
 from collections.abc import Sequence
 
-from softprompt.cli import common, convert, ensembles, evaluation, inspection, models, serving, tasklist, training
+from softprompt.cli import (
+    adaptation,
+    common,
+    convert,
+    ensembles,
+    evaluation,
+    experiments,
+    inspection,
+    models,
+    serving,
+    tasklist,
+    training,
+)
 
 # Command groups, in --help order. Add a module here to add commands.
-COMMANDS = [training, evaluation, ensembles, inspection, models, tasklist, serving, convert]
+COMMANDS = [training, evaluation, ensembles, experiments, adaptation, inspection, models, tasklist, serving, convert]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -11,6 +11,8 @@ from softprompt.backbone import Backbone
 from softprompt.bank import PromptBank
 from softprompt.cli.common import UsageError, add_model, add_task, backbone_from_args, emit, task_from_args
 from softprompt.evaluate import evaluate, score_choices
+from softprompt.methods import count_parameters, task_parameters
+from softprompt.prompt_design import design_prompt
 from softprompt.prompted import PromptedModel
 from softprompt.promptfile import check_compatible, load_prompt
 from softprompt.tasks import TASKS, Example, get_task
@@ -20,9 +22,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="evaluate a prompt (or a hand-written prompt) on a task; prints JSON metrics")
     add_model(p)
     add_task(p)
-    p.add_argument("--method", choices=["prompt-tuning", "prompt-design"], default="prompt-tuning",
-                   help="prompt-tuning: a trained --prompt; prompt-design: the task's text instruction, no soft prompt")
+    p.add_argument("--method", choices=["prompt-tuning", "prompt-design", "model-tuning"], default="prompt-tuning",
+                   help="prompt-tuning: a trained --prompt; prompt-design: the task's text instruction (+ --shots "
+                        "demonstrations), no soft prompt; model-tuning: a fine-tuned --model as is, no prompt, "
+                        "no instruction")
     p.add_argument("--prompt", help="prompt file (.safetensors) for --method prompt-tuning")
+    p.add_argument("--shots", type=int, default=0,
+                   help="prompt-design: K demonstrations from the train split that fit --max-input-tokens (0: "
+                        "zero-shot)")
+    p.add_argument("--seed", type=int, default=0, help="prompt-design: seed for sampling the demonstrations")
     p.add_argument("--split", default="validation")
     p.add_argument("--limit", type=int, default=None, help="first N examples of the split")
     p.add_argument("--batch-size", type=int, default=32)
@@ -57,21 +65,34 @@ def run_eval(args: argparse.Namespace) -> int:
     task = task_from_args(args)
     if args.method == "prompt-tuning" and not args.prompt:
         raise UsageError("--method prompt-tuning needs --prompt FILE (or use --method prompt-design)")
-    if args.method == "prompt-design" and args.prompt:
-        raise UsageError("--method prompt-design uses no --prompt")
+    if args.method != "prompt-tuning" and args.prompt:
+        raise UsageError(f"--method {args.method} uses no --prompt")
+    if args.shots and args.method != "prompt-design":
+        raise UsageError("--shots is for --method prompt-design")
     examples = task.examples(args.split, args.data_dir, limit=args.limit)
+    pool = task.examples("train", args.data_dir) if args.shots else []
     backbone = backbone_from_args(args)
+    extra: dict = {}
+    prompt_length = 0
     if args.prompt:
-        pm, _ = prompted_from_file(backbone, args.prompt)
-        instruction = ""
+        pm, meta = prompted_from_file(backbone, args.prompt)
+        instruction, prompt_length = "", int(meta["prompt_length"])
+    elif args.method == "model-tuning":
+        pm, instruction = no_prompt(backbone), ""
     else:
-        pm, instruction = no_prompt(backbone), task.instruction
+        design = design_prompt(task, backbone.tokenizer, examples, shots=args.shots, pool=pool, seed=args.seed,
+                               max_input_tokens=args.max_input_tokens)
+        pm, instruction = no_prompt(backbone), design.prefix
+        extra = {"shots": design.shots, "shots_requested": design.requested}
+    trainable = task_parameters(args.method, model_parameters=count_parameters(backbone.model),
+                                hidden_size=backbone.hidden_size, prompt_length=prompt_length)
     t0 = time.perf_counter()
     metrics, _ = evaluate(pm, task, examples, batch_size=args.batch_size, instruction=instruction,
                           max_input_tokens=args.max_input_tokens, max_new_tokens=args.max_new_tokens,
                           progress=args.progress)
     emit({"task": task.name, "model": args.model, "method": args.method, "split": args.split,
-          "examples": len(examples), "seconds": round(time.perf_counter() - t0, 2), **metrics}, args.json)
+          "examples": len(examples), "seconds": round(time.perf_counter() - t0, 2), "trainable_params": trainable,
+          **extra, **metrics}, args.json)
     return 0
 
 

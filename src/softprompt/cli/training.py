@@ -1,4 +1,5 @@
-"""``softprompt train``: prompt-tune a frozen model on a task and write a prompt file."""
+"""``softprompt train``: prompt-tune a frozen model on a task and write a prompt file, or (``--method model-tuning``)
+fine-tune every weight and write a model folder."""
 
 from __future__ import annotations
 
@@ -10,15 +11,22 @@ from pathlib import Path
 from softprompt.cli.common import UsageError, add_model, add_task, backbone_from_args, emit, task_from_args
 from softprompt.distributed import DistContext, fsdp_requested, shard_backbone
 from softprompt.init import INITS
+from softprompt.methods import task_parameters
+from softprompt.model_tuning import ModelTuneConfig, tune_model
 from softprompt.precision import PRECISIONS, enable_gradient_checkpointing
 from softprompt.trainer import TrainConfig, train_prompt
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="prompt-tune a frozen model; writes a .safetensors prompt file")
+    p = sub.add_parser("train", help="prompt-tune a frozen model (writes a .safetensors prompt file) or fine-tune it "
+                                      "(--method model-tuning, writes a model folder)")
     add_model(p)
     add_task(p)
-    p.add_argument("--out", type=Path, required=True, help="prompt file to write (.safetensors)")
+    p.add_argument("--method", choices=["prompt-tuning", "model-tuning"], default="prompt-tuning",
+                   help="prompt-tuning: a soft prompt on the frozen model; model-tuning: every weight trained, no "
+                        "prompt (the baseline)")
+    p.add_argument("--out", type=Path, required=True,
+                   help="prompt file to write (.safetensors); a model folder for --method model-tuning")
     d = TrainConfig()
     p.add_argument("--steps", type=int, default=d.steps)
     p.add_argument("--batch-size", type=int, default=d.batch_size)
@@ -26,9 +34,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--prompt-length", type=int, default=d.prompt_length, help="P, soft-prompt vectors")
     p.add_argument("--init", choices=INITS, default=d.init)
     p.add_argument("--init-text", default=None, help="string for --init text")
-    p.add_argument("--optimizer", choices=["adafactor", "adam", "adamw"], default=d.optimizer)
-    p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    m = ModelTuneConfig()
+    p.add_argument("--optimizer", choices=["adafactor", "adam", "adamw"], default=None,
+                   help=f"default {d.optimizer} (prompt tuning), {m.optimizer} (model tuning)")
+    p.add_argument("--lr", type=float, default=None, help=f"default {d.lr} (prompt tuning), {m.lr} (model tuning)")
+    p.add_argument("--weight-decay", type=float, default=None,
+                   help=f"default {d.weight_decay} (prompt tuning), {m.weight_decay} (model tuning)")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--seeds", default=None,
                    help="comma-separated seeds, e.g. 1,2,3: one run per seed, each written to OUT-seed{S}.safetensors "
@@ -53,10 +64,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _optimizer_args(args: argparse.Namespace, defaults: TrainConfig | ModelTuneConfig) -> dict:
+    """--optimizer/--lr/--weight-decay, each falling back to the method's own default."""
+    return {k: getattr(defaults, k) if getattr(args, k) is None else getattr(args, k)
+            for k in ("optimizer", "lr", "weight_decay")}
+
+
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(steps=args.steps, batch_size=args.batch_size, grad_accum=args.grad_accum,
                        prompt_length=args.prompt_length, init=args.init, init_text=args.init_text,
-                       optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay, seed=args.seed,
+                       **_optimizer_args(args, TrainConfig()), seed=args.seed,
                        eval_every=args.eval_every, eval_limit=args.eval_limit, save_every=args.save_every,
                        max_input_tokens=args.max_input_tokens)
 
@@ -77,7 +94,34 @@ def seed_out(out: Path, seed: int) -> Path:
     return out.with_name(f"{out.stem}-seed{seed}{out.suffix}")
 
 
+def model_tune_config_from_args(args: argparse.Namespace) -> ModelTuneConfig:
+    return ModelTuneConfig(steps=args.steps, batch_size=args.batch_size, grad_accum=args.grad_accum,
+                           **_optimizer_args(args, ModelTuneConfig()), seed=args.seed, eval_every=args.eval_every,
+                           eval_limit=args.eval_limit, max_input_tokens=args.max_input_tokens)
+
+
+def run_model_tuning(args: argparse.Namespace) -> int:
+    if args.out.suffix == ".safetensors" or args.out.is_file():
+        raise UsageError(f"--method model-tuning writes a model folder; --out {args.out} looks like a file")
+    for flag, value in (("--resume", args.resume), ("--seeds", args.seeds), ("--fsdp", args.fsdp)):
+        if value:
+            raise UsageError(f"{flag} is for prompt tuning, not --method model-tuning")
+    config = model_tune_config_from_args(args)
+    task = task_from_args(args)
+    train = task.examples("train", args.data_dir, limit=args.train_limit)
+    validation = None if args.no_eval else task.examples("validation", args.data_dir, limit=config.eval_limit)
+    backbone = backbone_from_args(args)
+    t0 = time.perf_counter()
+    result = tune_model(backbone, task, train, config, args.out, validation=validation,
+                        progress=not args.no_progress)
+    emit({"out": str(args.out), "task": task.name, "model": args.model, "method": "model-tuning",
+          "seconds": round(time.perf_counter() - t0, 2), **result.metrics}, args.json)
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.method == "model-tuning":
+        return run_model_tuning(args)
     if args.out.suffix != ".safetensors":
         raise UsageError(f"--out must end in .safetensors, got {args.out}")
     seeds = parse_seeds(args.seeds) if args.seeds else None
@@ -95,6 +139,8 @@ def run(args: argparse.Namespace) -> int:
         enable_gradient_checkpointing(backbone.model)
     if dist is not None and (args.fsdp or fsdp_requested()):
         shard_backbone(backbone, dist)
+    trainable = task_parameters("prompt-tuning", model_parameters=0, hidden_size=backbone.hidden_size,
+                                prompt_length=config.prompt_length)
     # One run per seed on the one loaded backbone; a single --seed keeps OUT as given.
     runs = [(config, args.out)] if seeds is None else [
         (replace(config, seed=s), seed_out(args.out, s)) for s in seeds]
@@ -104,6 +150,7 @@ def run(args: argparse.Namespace) -> int:
                               progress=not args.no_progress, dist=dist)
         if dist is not None and not dist.is_main:
             continue  # the main process reports
-        emit({"out": str(out), "task": task.name, "model": args.model, **({"seed": cfg.seed} if seeds else {}),
-              "seconds": round(time.perf_counter() - t0, 2), **result.metrics}, args.json)
+        emit({"out": str(out), "task": task.name, "model": args.model, "method": "prompt-tuning",
+              **({"seed": cfg.seed} if seeds else {}), "seconds": round(time.perf_counter() - t0, 2),
+              "trainable_params": trainable, **result.metrics}, args.json)
     return 0

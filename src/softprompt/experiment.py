@@ -1,0 +1,194 @@
+"""Running an experiment grid (:mod:`softprompt.grid`): every cell's result is one JSON file
+``<output>/<name>/cells/<cell id>.json`` holding its settings, the model, metrics, seconds, task-specific parameter
+count and library versions. A rerun skips every cell whose JSON exists, so an interrupted sweep resumes where it
+stopped (a prompt-tuning cell also resumes from its own checkpoint). :mod:`softprompt.report` turns the cells into a
+markdown table and plots.
+
+Selection: with ``eval_every: 0`` (the grid default) the last step is kept and the eval task's ``eval.split`` is read
+once, at the end; with ``eval_every > 0`` the best step is chosen on the *train* task's validation split, so the
+reported score is never the one used for selection unless the two coincide (in-domain cells with eval.split
+validation).
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from softprompt.backbone import Backbone, load_backbone
+from softprompt.bank import PromptBank
+from softprompt.evaluate import evaluate
+from softprompt.grid import Cell, ExperimentConfig, cells, preflight
+from softprompt.methods import count_parameters, task_parameters
+from softprompt.model_tuning import tune_model
+from softprompt.prompt_design import design_prompt
+from softprompt.prompted import PromptedModel
+from softprompt.promptfile import atomic_write
+from softprompt.tasks import Example, Task, get_task
+from softprompt.trainer import train_prompt
+
+__all__ = ["RunSummary", "load_cells", "run_cell", "run_experiment"]
+
+
+def versions() -> dict[str, str]:
+    import transformers
+
+    from softprompt import __version__
+
+    return {"softprompt": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
+            "python": platform.python_version()}
+
+
+def machine() -> dict[str, Any]:
+    return {"platform": platform.platform(), "processor": platform.machine(), "threads": torch.get_num_threads(),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
+@dataclass
+class RunSummary:
+    ran: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+class _Data:
+    """Tasks and their examples, read once per sweep."""
+
+    def __init__(self, config: ExperimentConfig) -> None:
+        self.config = config
+        self.data_dir = Path(config.data_dir) if config.data_dir else None
+        self._tasks: dict[str, Task] = {}
+        self._examples: dict[tuple[str, str], list[Example]] = {}
+
+    def task(self, name: str) -> Task:
+        if name not in self._tasks:
+            self._tasks[name] = get_task(name)
+        return self._tasks[name]
+
+    def examples(self, name: str, split: str, limit: int | None) -> list[Example]:
+        key = (name, f"{split}:{limit}")
+        if key not in self._examples:
+            self._examples[key] = self.task(name).examples(split, self.data_dir, limit=limit)
+        return self._examples[key]
+
+
+def cell_path(config: ExperimentConfig, cell: Cell) -> Path:
+    return config.out_dir / "cells" / f"{cell.id}.json"
+
+
+def run_cell(config: ExperimentConfig, cell: Cell, backbone: Backbone, data: _Data, *, progress: bool = False
+             ) -> dict[str, Any]:
+    """Train (when the method trains) and evaluate one cell; returns its result record."""
+    train_task, eval_task = data.task(cell.train_task), data.task(cell.eval_task)
+    ev = config.eval
+    eval_examples = data.examples(cell.eval_task, ev.split, ev.limit)
+    n_params = count_parameters(backbone.model)
+    t0 = time.perf_counter()
+    instruction = ""
+    extra: dict[str, Any] = {}
+    train_metrics: dict[str, Any] = {}
+    tuned: Backbone | None = None
+    if cell.method == "prompt-tuning":
+        tc = replace(config.prompt_tuning, prompt_length=cell.prompt_length, init=cell.init, seed=cell.seed)
+        validation = data.examples(cell.train_task, "validation", tc.eval_limit) if tc.eval_every else None
+        train = data.examples(cell.train_task, "train", config.train_limit)
+        # The prompt file and its resume checkpoint live beside the cells: a killed cell continues where it was.
+        result = train_prompt(backbone, train_task, train, tc, config.out_dir / "prompts" / f"{cell.id}.safetensors",
+                              validation=validation, resume=True, progress=progress)
+        pm = PromptedModel(backbone, PromptBank(result.prompt.unsqueeze(0)))
+        train_metrics, method_config = result.metrics, asdict(tc)
+    elif cell.method == "model-tuning":
+        mc = replace(config.model_tuning, seed=cell.seed)
+        validation = data.examples(cell.train_task, "validation", mc.eval_limit) if mc.eval_every else None
+        train = data.examples(cell.train_task, "train", config.train_limit)
+        out = config.out_dir / "models" / cell.id if config.keep_models else None
+        mt = tune_model(backbone, train_task, train, mc, out, validation=validation, progress=progress)
+        tuned = mt.backbone
+        pm = PromptedModel(tuned, PromptBank(torch.zeros(1, 0, tuned.hidden_size)))
+        train_metrics, method_config = mt.metrics, asdict(mc)
+        extra = {"loss_first": mt.losses[0], "loss_last": mt.losses[-1]}
+    else:
+        pool = data.examples(cell.eval_task, "train", config.train_limit) if cell.shots else []
+        design = design_prompt(eval_task, backbone.tokenizer, eval_examples, shots=cell.shots, pool=pool,
+                               seed=cell.seed, max_input_tokens=ev.max_input_tokens)
+        pm = PromptedModel(backbone, PromptBank(torch.zeros(1, 0, backbone.hidden_size)))
+        instruction, method_config = design.prefix, {"shots": cell.shots, "seed": cell.seed}
+        extra = {"shots_used": design.shots}
+    train_seconds = time.perf_counter() - t0
+    metrics, _ = evaluate(pm, eval_task, eval_examples, batch_size=ev.batch_size, instruction=instruction,
+                          max_input_tokens=ev.max_input_tokens, max_new_tokens=ev.max_new_tokens)
+    del tuned, pm  # a model-tuned copy is a whole model: free it before the next cell
+    return {
+        "id": cell.id,
+        "experiment": config.name,
+        "cell": asdict(cell),
+        "model": {"name": cell.model, "type": backbone.model_type, "parameters": n_params,
+                  "hidden_size": backbone.hidden_size},
+        "method": cell.method,
+        "train_task": cell.train_task,
+        "eval_task": cell.eval_task,
+        "metric": eval_task.primary_metric,
+        "score": metrics[eval_task.primary_metric],
+        "metrics": metrics,
+        "eval": {**asdict(ev), "examples": len(eval_examples)},
+        "trainable_params": task_parameters(cell.method, model_parameters=n_params,
+                                            hidden_size=backbone.hidden_size, prompt_length=cell.prompt_length),
+        "train": train_metrics,
+        "config": method_config,
+        "seconds": round(time.perf_counter() - t0, 2),
+        "train_seconds": round(train_seconds, 2),
+        **extra,
+        "versions": versions(),
+        "machine": machine(),
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def run_experiment(config: ExperimentConfig, *, progress: bool = False,
+                   log: Callable[[str], None] | None = None,
+                   load: Callable[[str], Backbone] = load_backbone) -> RunSummary:
+    """Run every cell whose JSON does not exist yet; returns which cells ran and which were skipped."""
+    preflight(config)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    say = log or (lambda line: print(line, file=sys.stderr, flush=True))
+    grid = cells(config)
+    summary = RunSummary()
+    t0 = time.perf_counter()
+    data = _Data(config)
+    for model in dict.fromkeys(c.model for c in grid):
+        todo = [c for c in grid if c.model == model and not cell_path(config, c).is_file()]
+        summary.skipped += [c.id for c in grid if c.model == model and c not in todo]
+        if not todo:
+            continue
+        backbone = load(model)
+        for cell in todo:
+            say(f"[{len(summary.ran) + len(summary.skipped) + 1}/{len(grid)}] {cell.id} ...")
+            record = run_cell(config, cell, backbone, data, progress=progress)
+            path = cell_path(config, cell)
+            # Written last and atomically: a cell's JSON exists only once the cell is complete.
+            atomic_write(path, lambda tmp, r=record: Path(tmp).write_text(json.dumps(r, indent=2, sort_keys=True)
+                                                                          + "\n"))
+            summary.ran.append(cell.id)
+            say(f"    {record['metric']} {record['score']:.4f} ({record['seconds']:.1f} s)")
+        del backbone
+    summary.seconds = time.perf_counter() - t0
+    return summary
+
+
+def load_cells(config: ExperimentConfig) -> list[dict[str, Any]]:
+    """The results of the grid's cells that exist (in grid order)."""
+    out = []
+    for c in cells(config):
+        path = cell_path(config, c)
+        if path.is_file():
+            out.append(json.loads(path.read_text()))
+    return out

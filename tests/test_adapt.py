@@ -1,0 +1,83 @@
+"""LM adaptation: prefix-LM batches, the loss falls on a tiny T5, the folder loads, decoder-only is refused."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import tiny_backbone
+from softprompt.adapt import AdaptConfig, NotEncoderDecoderError, adapt_lm, prefix_lm_batch, text_chunks
+from softprompt.backbone import load_backbone
+from softprompt.cli import main
+from softprompt.splice import IGNORE_INDEX
+
+TEXT = "the cat sat on the mat. " * 40
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models run fastest on one thread; on a shared machine more threads only contend."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def test_prefix_lm_batch_splits_each_chunk_once() -> None:
+    chunks = [[10, 11, 12, 13, 14], [20, 21, 22]]
+    batch = prefix_lm_batch(chunks, split_seed=0, eos=1, pad=0)
+    for row, chunk in enumerate(chunks):
+        enc = batch.input_ids[row][batch.attention_mask[row].bool()].tolist()
+        dec = [t for t in batch.labels[row].tolist() if t != IGNORE_INDEX]
+        assert enc[-1] == 1 and dec[-1] == 1
+        assert enc[:-1] + dec[:-1] == chunk and len(enc) > 1 and len(dec) > 1  # both sides non-empty
+        assert int(batch.target_lengths[row]) == len(dec)
+    again = prefix_lm_batch(chunks, split_seed=0, eos=1, pad=0)
+    assert torch.equal(batch.input_ids, again.input_ids)
+
+
+def test_text_chunks_drop_unsplittable_tail() -> None:
+    tok = tiny_backbone("t5").tokenizer
+    chunks = text_chunks(tok, "abcdefg", 3)  # byte-level: abc def (g dropped: too short to split)
+    assert [len(c) for c in chunks] == [3, 3]
+
+
+def test_adapt_lowers_the_loss_and_writes_a_loadable_folder(tmp_path: Path) -> None:
+    backbone = tiny_backbone("t5")
+    before = {k: v.clone() for k, v in backbone.model.state_dict().items()}
+    config = AdaptConfig(steps=12, batch_size=4, chunk_tokens=32, lr=1e-2)
+    result = adapt_lm(backbone, TEXT, config, tmp_path / "adapted", progress=False)
+    first, last = sum(result.losses[:3]) / 3, sum(result.losses[-3:]) / 3
+    assert last < 0.8 * first, (first, last)
+    for k, v in backbone.model.state_dict().items():
+        assert torch.equal(v, before[k]), k  # the caller's model is untouched
+    loaded = load_backbone(str(tmp_path / "adapted"))
+    assert loaded.is_encoder_decoder
+    for k, v in loaded.model.state_dict().items():
+        assert torch.allclose(v, result.backbone.model.state_dict()[k]), k
+    info = json.loads((tmp_path / "adapted" / "adaptation.json").read_text())
+    assert info["objective"] == "prefix-lm" and info["loss_last"] < info["loss_first"]
+
+
+def test_decoder_only_is_refused() -> None:
+    with pytest.raises(NotEncoderDecoderError, match="decoder-only"):
+        adapt_lm(tiny_backbone("llama"), TEXT, AdaptConfig(steps=1))
+
+
+def test_cli_adapt(tiny_dirs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    text = tmp_path / "corpus.txt"
+    text.write_text(TEXT)
+    out = tmp_path / "t5-lm"
+    rc = main(["adapt", "--model", str(tiny_dirs["t5"]), "--text", str(text), "--steps", "3", "--batch-size", "2",
+               "--chunk-tokens", "16", "--out", str(out), "--no-progress", "--json"])
+    assert rc == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["steps"] == 3 and (out / "config.json").is_file()
+    capsys.readouterr()
+    assert main(["adapt", "--model", str(tiny_dirs["llama"]), "--text", str(text), "--out",
+                 str(tmp_path / "no")]) == 2
+    assert "decoder-only" in capsys.readouterr().err
+    assert main(["adapt", "--model", "smollm2-135m", "--text", str(text), "--out", str(tmp_path / "no")]) == 2

@@ -1,0 +1,162 @@
+"""Experiment grids: validation before training, an end-to-end tiny sweep, resume, and the report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from softprompt.cli import main
+from softprompt.configfile import ConfigError
+from softprompt.experiment import run_experiment
+from softprompt.grid import cells, load_config
+from softprompt.report import write_report
+from softprompt.tiny import save_tiny
+from toytask import write_task
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models run fastest on one thread; on a shared machine more threads only contend."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def sweep_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two tiny llama models of different sizes and two small local tasks (for a domain-shift pair)."""
+    root = tmp_path_factory.mktemp("sweep")
+    save_tiny("llama", root / "tiny-small", hidden=16, layers=1)
+    save_tiny("llama", root / "tiny-large", hidden=32, layers=2)
+    write_task(root / "toy_a")
+    write_task(root / "toy_b", words=("awful", "great"))
+    return root
+
+
+def grid(root: Path, **overrides: object) -> dict:
+    config = {
+        "name": "tiny",
+        "models": [str(root / "tiny-small"), str(root / "tiny-large")],
+        "tasks": [str(root / "toy_a" / "toy_a.yaml")],
+        "pairs": [{"train_task": str(root / "toy_a" / "toy_a.yaml"), "eval_task": str(root / "toy_b" / "toy_b.yaml")}],
+        "methods": ["prompt-tuning", "model-tuning", "prompt-design"],
+        "prompt_lengths": [2, 4],
+        "inits": ["sampled-vocab", "uniform"],
+        "seeds": [0],
+        "shots": [0, 2],
+        "prompt_tuning": {"steps": 2, "batch_size": 4, "optimizer": "adam", "lr": 1e-2},
+        "model_tuning": {"steps": 2, "batch_size": 4, "lr": 1e-3},
+        "eval": {"limit": 6, "max_input_tokens": 128},
+        "output": str(root / "results"),
+        "report_dir": str(root / "docs"),
+    }
+    config.update(overrides)
+    return config
+
+
+def write_config(path: Path, config: dict) -> Path:
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def test_grid_cells(sweep_dir: Path, tmp_path: Path) -> None:
+    config = load_config(write_config(tmp_path / "c.yaml", grid(sweep_dir)))
+    ids = [c.id for c in cells(config)]
+    assert len(ids) == len(set(ids))
+    # per model: prompt tuning 2 P × 2 inits × (1 task + 1 pair), model tuning × 2, prompt design 0- and 2-shot
+    assert len(ids) == 2 * (8 + 2 + 2)
+    assert not any(c.method == "prompt-design" and c.train_task != c.eval_task for c in cells(config))
+    assert config.prompt_tuning.eval_every == 0 and config.model_tuning.eval_every == 0  # grid default: no selection
+    assert config.prompt_tuning.steps == 2 and config.model_tuning.lr == 1e-3
+
+
+def test_sweep_runs_resumes_and_reports(sweep_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+                                        ) -> None:
+    path = write_config(tmp_path / "tiny.yaml", grid(sweep_dir))
+    config = load_config(path)
+    first = run_experiment(config, log=lambda _: None)
+    assert len(first.ran) == 24 and not first.skipped
+    record = json.loads((config.out_dir / "cells" / f"{first.ran[0]}.json").read_text())
+    for key in ("cell", "model", "metrics", "score", "seconds", "trainable_params", "versions", "config"):
+        assert key in record, key
+    by_method = {}
+    for cell_file in (config.out_dir / "cells").glob("*.json"):
+        r = json.loads(cell_file.read_text())
+        by_method.setdefault(r["method"], set()).add((r["model"]["parameters"], r["trainable_params"],
+                                                      r["cell"]["prompt_length"], r["model"]["hidden_size"]))
+    assert all(t == 0 for _, t, _, _ in by_method["prompt-design"])
+    assert all(t == n for n, t, _, _ in by_method["model-tuning"])
+    assert all(t == p * h for _, t, p, h in by_method["prompt-tuning"])
+    assert len({n for n, _, _, _ in by_method["model-tuning"]}) == 2  # two model sizes
+
+    # Resume: nothing left to train; then a lost cell is the only one that runs again.
+    second = run_experiment(config, log=lambda _: None)
+    assert not second.ran and len(second.skipped) == 24
+    (config.out_dir / "cells" / f"{first.ran[5]}.json").unlink()
+    third = run_experiment(config, log=lambda _: None)
+    assert third.ran == [first.ran[5]]
+
+    assert main(["experiment", str(path), "--report", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    report = Path(out["report"])
+    text = report.read_text()
+    assert "24 of 24 cells done" in text and "## Domain shift" in text and "toy_a → toy_b" in text
+    for png in ("score_vs_size.png", "prompt_length.png", "init.png"):
+        data = (report.parent / png).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1000, png
+
+
+def test_cli_rerun_trains_nothing(sweep_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    small = grid(sweep_dir, name="cli", output=str(tmp_path / "results"), models=[str(sweep_dir / "tiny-small")],
+                 pairs=[], prompt_lengths=[2],
+                 inits=["uniform"], shots=[0], methods=["prompt-tuning", "prompt-design"],
+                 prompt_tuning={"steps": 2, "batch_size": 4, "eval_every": 1, "eval_limit": 4})
+    path = write_config(tmp_path / "cli.yaml", small)
+    assert main(["experiment", str(path), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["ran"] == 2
+    assert main(["experiment", str(path), "--json"]) == 0
+    again = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert again["ran"] == 0 and again["skipped"] == 2
+    tuned = json.loads(next((tmp_path / "results" / "cli" / "cells").glob("*prompt-tuning*.json")).read_text())
+    assert tuned["train"]["best_step"] in (1, 2)  # eval_every > 0: the best step on the train task's validation
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ({"prompt_tuning": {"steps": 2, "learning_rate": 0.1}}, "unknown key"),
+    ({"eval": {"limt": 3}}, "unknown key"),
+    ({"sedes": [0]}, "unknown key"),
+    ({"tasks": ["no-such-task"]}, "unknown task"),
+    ({"methods": ["lora"]}, "methods"),
+    ({"inits": ["random"]}, "inits"),
+    ({"models": ["no-such-model"]}, "unknown model"),
+    ({"prompt_tuning": {"init": "uniform"}}, "grid axes"),
+    ({"seeds": "0"}, "expected a list"),
+    ({"prompt_tuning": {"steps": 0}}, "steps"),
+    ({"tasks": ["sst2", "sst2.yaml"]}, "share a file label"),
+])
+def test_bad_config_fails_before_training(sweep_dir: Path, tmp_path: Path, override: dict, message: str,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    import softprompt.experiment as experiment
+
+    def no_training(*args: object, **kwargs: object) -> None:
+        raise AssertionError("training started")
+
+    monkeypatch.setattr(experiment, "train_prompt", no_training)
+    monkeypatch.setattr(experiment, "load_backbone", no_training)
+    if override.get("tasks") == ["sst2", "sst2.yaml"]:
+        override = {"tasks": ["sst2", str(write_task(tmp_path / "sst2"))]}  # a file task whose label is sst2
+    path = write_config(tmp_path / "bad.yaml", grid(sweep_dir, **override))
+    with pytest.raises(ConfigError, match=message):
+        load_config(path)
+    assert main(["experiment", str(path)]) == 2  # and train_prompt / load_backbone were never called
+
+
+def test_report_with_missing_cells_lists_them(sweep_dir: Path, tmp_path: Path) -> None:
+    config = load_config(write_config(tmp_path / "empty.yaml", grid(sweep_dir, name="empty")))
+    text = write_report(config).read_text()
+    assert "0 of 24 cells done" in text and "Missing cells (24)" in text

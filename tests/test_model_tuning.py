@@ -1,0 +1,85 @@
+"""Model tuning: every weight trains on a copy, the caller's backbone stays frozen, the folder loads and evaluates."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import tiny_backbone
+from softprompt.backbone import load_backbone
+from softprompt.cli import main
+from softprompt.methods import count_parameters, task_parameters
+from softprompt.model_tuning import ModelTuneConfig, tune_model
+from softprompt.tasks import FileTask, FileTaskSpec, get_task
+from toytask import write_task
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models run fastest on one thread; on a shared machine more threads only contend."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def test_task_parameters_per_method() -> None:
+    assert task_parameters("prompt-tuning", model_parameters=10**6, hidden_size=32, prompt_length=5) == 160
+    assert task_parameters("model-tuning", model_parameters=10**6, hidden_size=32) == 10**6
+    assert task_parameters("prompt-design", model_parameters=10**6, hidden_size=32) == 0
+    with pytest.raises(ValueError, match="unknown method"):
+        task_parameters("lora", model_parameters=1, hidden_size=1)
+
+
+@pytest.mark.parametrize("family", ["llama", "t5"])
+def test_tune_model_learns_on_a_copy(family: str, tmp_path: Path) -> None:
+    backbone = tiny_backbone(family)
+    before = {k: v.clone() for k, v in backbone.model.state_dict().items()}
+    task = FileTask(FileTaskSpec.from_yaml(write_task(tmp_path / "toy")))
+    train = task.examples("train")
+    config = ModelTuneConfig(steps=12, batch_size=8, lr=3e-3, eval_every=4)
+    result = tune_model(backbone, task, train, config, tmp_path / "tuned", validation=train[:8], progress=False)
+    assert result.losses[-1] < result.losses[0]
+    assert result.metrics["trainable_params"] == count_parameters(backbone.model)
+    assert result.metrics["best_step"] in (4, 8, 12)
+    # The caller's model is untouched and still frozen.
+    for k, v in backbone.model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert not any(p.requires_grad for p in backbone.model.parameters())
+    loaded = load_backbone(str(tmp_path / "tuned"))
+    for k, v in loaded.model.state_dict().items():
+        assert torch.allclose(v, result.backbone.model.state_dict()[k]), k
+    assert json.loads((tmp_path / "tuned" / "model_tuning.json").read_text())["method"] == "model-tuning"
+
+
+def test_cli_train_model_tuning_then_eval(tiny_dirs: dict[str, Path], tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    spec = write_task(tmp_path / "toy")
+    out = tmp_path / "mt"
+    rc = main(["train", "--method", "model-tuning", "--model", str(tiny_dirs["llama"]), "--task", str(spec),
+               "--out", str(out), "--steps", "3", "--batch-size", "4", "--eval-limit", "4", "--no-progress",
+               "--json"])
+    assert rc == 0
+    trained = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert trained["method"] == "model-tuning" and trained["steps"] == 3
+    assert trained["trainable_params"] == count_parameters(load_backbone(str(out)).model)
+    rc = main(["eval", "--method", "model-tuning", "--model", str(out), "--task", str(spec), "--limit", "6",
+               "--json"])
+    assert rc == 0
+    ev = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert ev["method"] == "model-tuning" and ev["examples"] == 6 and 0 <= ev["accuracy"] <= 1
+    assert ev["trainable_params"] == trained["trainable_params"]
+
+
+def test_cli_model_tuning_refuses_a_file_out(tiny_dirs: dict[str, Path], tmp_path: Path) -> None:
+    spec = write_task(tmp_path / "toy")
+    rc = main(["train", "--method", "model-tuning", "--model", str(tiny_dirs["llama"]), "--task", str(spec),
+               "--out", str(tmp_path / "x.safetensors"), "--steps", "1"])
+    assert rc == 2
+
+
+def test_builtin_task_registry_is_used() -> None:
+    assert get_task("sst2").instruction  # prompt design needs every task's hand-written instruction
