@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import tiny_backbone
 from softprompt.adapt import AdaptConfig, NotEncoderDecoderError, adapt_lm, prefix_lm_batch, text_chunks
 from softprompt.backbone import load_backbone
 from softprompt.cli import main
 from softprompt.splice import IGNORE_INDEX
+from tests.conftest import tiny_backbone
 
 TEXT = "the cat sat on the mat. " * 40
 

@@ -15,7 +15,7 @@ from softprompt.experiment import run_experiment
 from softprompt.grid import cells, load_config
 from softprompt.report import write_report
 from softprompt.tiny import save_tiny
-from toytask import write_task
+from tests.toytask import write_task
 
 
 @pytest.fixture(autouse=True)

@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import tiny_backbone
 from softprompt.backbone import load_backbone
 from softprompt.cli import main
 from softprompt.methods import count_parameters, task_parameters
 from softprompt.model_tuning import ModelTuneConfig, tune_model
 from softprompt.tasks import FileTask, FileTaskSpec, get_task
-from toytask import write_task
+from tests.conftest import tiny_backbone
+from tests.toytask import write_task
 
 
 @pytest.fixture(autouse=True)

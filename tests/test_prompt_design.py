@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import tiny_backbone
 from softprompt.cli import main
 from softprompt.prompt_design import DEMO_SEPARATOR, design_prompt
 from softprompt.tasks import Example, FileTask, FileTaskSpec
-from toytask import write_task
+from tests.conftest import tiny_backbone
+from tests.toytask import write_task
 
 
 @pytest.fixture(autouse=True)
