@@ -10,8 +10,9 @@ kernel's high-water mark (``/proc/self/clear_refs``), so it excludes the model l
 Methods: ``softprompt`` (the library's loss: LM head on the target columns only), ``peft`` (PEFT PromptTuning,
 the model's own loss over full-vocabulary logits), ``full`` (every weight trains, the model's own loss), and the
 diagnostic ``softprompt-fullhead`` (our splice, but full-vocabulary logits at every position, as PEFT computes).
-``interleaved`` times the three prompt-tuning methods with their steps alternating in one process: on a shared
-machine the load drifts by tens of percent between processes, and alternation exposes each method to the same load.
+``interleaved`` times the three prompt-tuning methods and a no-grad forward of softprompt's batch (for step / forward)
+alternating in one process: on a shared machine the load drifts by tens of percent between processes, and
+alternation exposes each method to the same load.
 
     PYTHONPATH=src python bench/train_step_bench.py --threads 1 --methods interleaved --append
 """
@@ -165,17 +166,26 @@ def run_one(args: argparse.Namespace) -> dict:
 
 
 def run_interleaved(args: argparse.Namespace) -> dict:
-    """Timing only: the prompt-tuning methods' steps alternate in one process, so machine load hits them alike."""
+    """Timing only: the prompt-tuning methods' steps, and the no-grad forward of softprompt's batch, alternate in
+    one process, so machine load hits them alike."""
     import torch
 
     d = setup(args)
     methods = ("softprompt", "peft", "softprompt-fullhead")
     built = {m: build(m, d, args.prompt_length) for m in methods}
     optimizers = {m: torch.optim.Adam(built[m][0], lr=1e-4) for m in methods}
-    times: dict[str, list[float]] = {m: [] for m in methods}
+
+    def forward() -> tuple[float, float]:  # the same spliced batch and loss, no backward, no update
+        t1 = time.perf_counter()
+        with torch.no_grad():
+            loss = built["softprompt"][1]()
+        return time.perf_counter() - t1, float(loss)
+
+    timers = {m: (lambda m=m: step(built[m][0], optimizers[m], built[m][1])) for m in methods} | {"forward": forward}
+    times: dict[str, list[float]] = {m: [] for m in timers}
     for r in range(args.warmup + args.steps):
-        for m in (methods if r % 2 == 0 else methods[::-1]):
-            seconds, _ = step(built[m][0], optimizers[m], built[m][1])
+        for m in (list(timers) if r % 2 == 0 else list(timers)[::-1]):
+            seconds, _ = timers[m]()
             if r >= args.warmup:
                 times[m].append(round(seconds, 3))
     return {"method": "interleaved", "step_seconds": times,
@@ -206,6 +216,9 @@ def ratios(results: dict) -> dict:
         for name in ("softprompt", "softprompt-fullhead"):
             paired = [a / b for a, b in zip(t[name], t["peft"], strict=True)]
             out[f"{name}_vs_peft_interleaved_paired"] = round(statistics.median(paired), 3)
+        if "forward" in t:  # step / forward of the same batch: ~2-3 when the backward needs no weight gradients
+            paired = [a / b for a, b in zip(t["softprompt"], t["forward"], strict=True)]
+            out["softprompt_step_vs_forward_interleaved_paired"] = round(statistics.median(paired), 3)
     if soft and "full" in results:
         out["step_peak_vs_full"] = round(soft["step_peak_rss_mb"] / results["full"]["step_peak_rss_mb"], 3)
         out["lifetime_peak_vs_full"] = round(soft["lifetime_peak_rss_mb"] / results["full"]["lifetime_peak_rss_mb"], 3)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 import torch
 
 from softprompt.backbone import Backbone, make_backbone
@@ -14,17 +13,6 @@ from softprompt.prompted import PromptedModel
 from softprompt.promptfile import PromptMeta, save_prompt
 from softprompt.tasks import Example
 from softprompt.tiny import tiny_model
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():  # type: ignore[no-untyped-def]
-    """Tiny models on one thread: on a shared 2-core machine, two OpenMP threads of a tiny forward spin-wait for
-    each other and run ~50x slower. Import this fixture into a test module to apply it there."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 VERBALIZER = {"neg": " no", "pos": " yes", "mid": " maybe"}
 TEXTS = ["hello there", "a much longer input text, with commas", "x", "the film was fine", "", "ok?",

@@ -42,3 +42,13 @@ def data_dir() -> Path:
     if not DATA_DIR.is_dir():
         pytest.skip(f"data root {DATA_DIR} not found")
     return DATA_DIR
+
+
+@pytest.fixture(autouse=True, scope="session")
+def one_thread():  # type: ignore[no-untyped-def]
+    """Tiny models on one thread: on a shared 2-core machine, two OpenMP threads of a tiny forward spin-wait for
+    each other and run far slower; results do not depend on the thread count."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

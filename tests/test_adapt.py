@@ -17,14 +17,6 @@ from tests.conftest import tiny_backbone
 TEXT = "the cat sat on the mat. " * 40
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one thread; on a shared machine more threads only contend."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 def test_prefix_lm_batch_splits_each_chunk_once() -> None:
     chunks = [[10, 11, 12, 13, 14], [20, 21, 22]]

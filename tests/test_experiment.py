@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
 from softprompt.cli import main
@@ -16,15 +15,6 @@ from softprompt.grid import cells, load_config
 from softprompt.report import write_report
 from softprompt.tiny import save_tiny
 from tests.toytask import write_task
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one thread; on a shared machine more threads only contend."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")

@@ -17,15 +17,6 @@ from tests.conftest import tiny_backbone
 from tests.toytask import write_task
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one thread; on a shared machine more threads only contend."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def test_task_parameters_per_method() -> None:
     assert task_parameters("prompt-tuning", model_parameters=10**6, hidden_size=32, prompt_length=5) == 160
     assert task_parameters("model-tuning", model_parameters=10**6, hidden_size=32) == 10**6

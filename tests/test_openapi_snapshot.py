@@ -9,7 +9,6 @@ from pathlib import Path
 
 from softprompt.server import Engine, create_app
 from tests._serving import (
-    one_thread,  # noqa: F401  (autouse: tiny models on one thread)
     tiny,
 )
 

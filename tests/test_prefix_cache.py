@@ -16,7 +16,6 @@ from softprompt.server.prefix_cache import (
     supports_prefix_cache,
 )
 from tests._serving import (
-    one_thread,  # noqa: F401  (autouse: tiny models on one thread)
     tiny,
 )
 

@@ -6,22 +6,12 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 from softprompt.cli import main
 from softprompt.prompt_design import DEMO_SEPARATOR, design_prompt
 from softprompt.tasks import Example, FileTask, FileTaskSpec
 from tests.conftest import tiny_backbone
 from tests.toytask import write_task
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one thread; on a shared machine more threads only contend."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture()

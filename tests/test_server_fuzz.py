@@ -15,7 +15,6 @@ from softprompt.server import Engine, ServerConfig, create_app
 from tests._serving import (
     LiveServer,
     make_prompt_dir,
-    one_thread,  # noqa: F401  (autouse: tiny models on one thread)
     tiny,
     write_prompt,
 )

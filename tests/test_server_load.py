@@ -24,7 +24,6 @@ from tests._serving import (
     LiveServer,
     make_prompt_dir,
     offline_scores,
-    one_thread,  # noqa: F401  (autouse: tiny models on one thread)
     tiny,
     write_prompt,
 )

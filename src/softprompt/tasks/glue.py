@@ -32,6 +32,18 @@ class SST2(Task):
         return out
 
 
+def entailment_examples(task: Task, path: Path) -> list[Example]:
+    """Premise/hypothesis records (RTE, CB) in one input format, labels through the task's verbalizer."""
+    choices = tuple(task.verbalizer.values())
+    out = []
+    for lineno, r in read_records(path):
+        premise = field(r, "premise", path, lineno)
+        hypothesis = field(r, "hypothesis", path, lineno)
+        target = task.label_word(field(r, "label", path, lineno), f"{path}:{lineno}")
+        out.append(Example(f"Premise: {premise}\nHypothesis: {hypothesis}\nEntailment:", target, choices))
+    return out
+
+
 class RTE(Task):
     """Recognizing Textual Entailment (SuperGLUE release): premise + hypothesis → " yes" / " no"."""
 
@@ -41,14 +53,7 @@ class RTE(Task):
     instruction = "Does the premise entail the hypothesis? Answer yes or no.\n"
 
     def read(self, path: Path) -> list[Example]:
-        choices = tuple(self.verbalizer.values())
-        out = []
-        for lineno, r in read_records(path):
-            premise = field(r, "premise", path, lineno)
-            hypothesis = field(r, "hypothesis", path, lineno)
-            target = self.label_word(field(r, "label", path, lineno), f"{path}:{lineno}")
-            out.append(Example(f"Premise: {premise}\nHypothesis: {hypothesis}\nEntailment:", target, choices))
-        return out
+        return entailment_examples(self, path)
 
 
 def _accuracy_and_f1(task: Task, predictions: Sequence[str], examples: Sequence[Example]) -> dict[str, float]:

@@ -13,6 +13,7 @@ from typing import ClassVar
 
 from softprompt.metrics import accuracy, macro_f1, multirc_scores, record_scores
 from softprompt.tasks.base import Example, Task, TaskDataError
+from softprompt.tasks.glue import entailment_examples
 from softprompt.tasks.records import field, read_records
 
 # Yes/no questions whose raw labels are JSON booleans (str(True) == "True").
@@ -52,14 +53,7 @@ class CB(Task):
     metric_names = ("accuracy", "macro_f1")
 
     def read(self, path: Path) -> list[Example]:
-        choices = tuple(self.verbalizer.values())
-        out = []
-        for lineno, r in read_records(path):
-            premise = field(r, "premise", path, lineno)
-            hypothesis = field(r, "hypothesis", path, lineno)
-            target = self.label_word(field(r, "label", path, lineno), f"{path}:{lineno}")
-            out.append(Example(f"Premise: {premise}\nHypothesis: {hypothesis}\nEntailment:", target, choices))
-        return out
+        return entailment_examples(self, path)
 
     def metrics(self, predictions: Sequence[str], examples: Sequence[Example]) -> dict[str, float]:
         golds = [e.target for e in examples]
