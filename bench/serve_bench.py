@@ -31,15 +31,14 @@ from softprompt.backbone import Backbone, load_backbone
 from softprompt.init import sampled_vocab
 from softprompt.promptfile import PromptFile, PromptMeta, save_prompt
 from softprompt.server.engine import Engine, Job
+from softprompt.tasks.base import resolve_data_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 VERBALIZER = {"0": " negative", "1": " positive"}
 
 
 def sentences(n: int) -> list[str]:
-    path = ROOT.parent.parent / "shared" / "data" / "glue" / "SST-2" / "dev.tsv"
-    if not path.is_file():
-        path = Path("/work/shared/data/glue/SST-2/dev.tsv")
+    path = resolve_data_dir() / "glue" / "SST-2" / "dev.tsv"  # --data-dir is not a flag: SOFTPROMPT_DATA_DIR
     lines = path.read_text().splitlines()[1:]
     return [line.split("\t")[0].strip() for line in lines[:n]]
 
@@ -225,7 +224,8 @@ def main() -> None:
     import fastapi
     import transformers
 
-    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    # Paths relative to the repository: a results file names no machine's folders.
+    settings = {k: (os.path.relpath(v, ROOT) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     out = {"model": args.model, "model_type": backbone.model_type, "dtype": "float32", "device": "cpu",
            "settings": result.get("settings", settings) if args.only else settings,
            "versions": {"python": platform.python_version(), "torch": torch.__version__,
