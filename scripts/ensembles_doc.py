@@ -4,8 +4,9 @@
 
 Inputs in ``--data`` (see docs/ensembles.md, "How these numbers were made"):
 ``ensemble_<task>.json`` (``softprompt ensemble --out``), ``train_<task>.jsonl`` (``softprompt train --json``),
-``neighbors.json`` (last line of ``softprompt inspect --neighbors K --json``), ``reading.md`` (the prose reading of
-the neighbour table, written by a person after looking at it), and ``bench/results/ensemble_cpu.json``.
+``neighbors.json`` (last line of ``softprompt inspect --neighbors K --json``), ``reading.md`` and
+``ensemble_reading.md`` (the prose readings of the tables, written by a person after looking at them), ``how.md``
+(the commands and settings of the runs), and ``bench/results/ensemble_cpu.json``.
 """
 
 from __future__ import annotations
@@ -112,7 +113,6 @@ def main() -> int:
     drift = json.loads(drift_path.read_text()) if drift_path.is_file() else None
     bench = json.loads(args.bench.read_text())
     reading = (args.data / "reading.md").read_text().strip()
-    settings = results[0]
     b = bench["settings"]
 
     doc = [
@@ -157,16 +157,10 @@ def main() -> int:
         "",
         *([(args.data / "ensemble_reading.md").read_text().strip(), ""]
           if (args.data / "ensemble_reading.md").is_file() else []),
-        "How these numbers were made (CPU, 1 thread, on 2 cores shared with other jobs):",
+        "How these numbers were made:",
         "",
-        "- Prompts: `softprompt train --seeds 1,2,3,4,5`, P = 20, class-label init (seeded sampled-vocabulary rows "
-        "after the label rows), Adafactor lr 0.3, batch 8 (SST-2) / 4 (RTE, inputs cut to their last 96 tokens). "
-        "Very few steps: on this shared CPU one SST-2 step (batch 8) took 10–25 s and one RTE step (batch 4) 30–70 s.",
+        *(args.data / "how.md").read_text().strip().splitlines(),
         *train_lines(args.data, tasks),
-        f"- Evaluation: the first {settings['examples']} validation examples of SST-2 "
-        f"and the first {results[-1]['examples']} of RTE (never trained on; each training run scored the first 20 "
-        "of them once, after its last step, which selects nothing), "
-        "`softprompt ensemble --json --out`.",
         "",
         "## Speed: one batched pass vs N passes",
         "",
