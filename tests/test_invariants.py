@@ -93,3 +93,24 @@ def test_single_token_fast_path_equals_full_rows(backbone) -> None:
                 batch = make_batch(tok, [ex.input], [choice], encoder_decoder=False)
                 slow = pm.sequence_logprob(batch, torch.tensor([n]))
                 torch.testing.assert_close(fast[n, e, k], slow[0], atol=1e-5, rtol=1e-5)
+
+
+def test_prompt_gradient_is_bit_identical_run_to_run_on_two_threads() -> None:
+    """Same seed, same prompt: the bank's backward must not sum gradients in a thread-dependent order."""
+    from softprompt.bank import PromptBank
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        g = torch.Generator().manual_seed(0)
+        bank = PromptBank(torch.randn(2, 20, 576, generator=g))
+        index = torch.randint(0, 2, (128,), generator=g)
+        upstream = torch.randn(128, 20, 576, generator=g)
+        grads = []
+        for _ in range(6):
+            bank.weight.grad = None
+            (bank(index)[0] * upstream).sum().backward()
+            grads.append(bank.weight.grad.clone())
+        assert all(torch.equal(x, grads[0]) for x in grads)
+    finally:
+        torch.set_num_threads(before)

@@ -67,4 +67,7 @@ class PromptBank(nn.Module):
         index = index.to(self.weight.device)
         slots = torch.arange(self.max_length, device=self.weight.device)
         mask = (slots.unsqueeze(0) < self.lengths.to(self.weight.device)[index].unsqueeze(1)).long()
-        return self.weight[index], mask
+        # index_select, not weight[index]: its backward (index_add_) sums each row's gradients in a fixed order,
+        # while advanced indexing's (index_put_ with accumulate) splits them over CPU threads in varying order,
+        # which made runs with the same seed differ in the 5th digit (and lr-0.3 training amplifies that).
+        return torch.index_select(self.weight, 0, index), mask
