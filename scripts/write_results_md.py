@@ -91,15 +91,26 @@ def comparison_section(name: str) -> list[str]:
     return lines
 
 
-def ablation_section(name: str, axis: str, title: str) -> list[str]:
+def ablation_section(name: str, axis: str, title: str, reference: str = "paper_cpu") -> list[str]:
+    """One ablation line; the point with the headline settings comes from ``reference`` (same budgets) when the
+    ablation grid leaves it out rather than train it twice."""
     cells = load_cells(name)
     if not cells:
         return []
+    other = "init" if axis == "prompt_length" else "prompt_length"
+    fixed = {(c["cell"]["model"], c["cell"]["eval_task"], c["cell"][other]) for c in cells}
+    have = {(c["cell"]["model"], c["cell"]["eval_task"], c["cell"][axis]) for c in cells}
+    borrowed = [c for c in load_cells(reference) if c["method"] == "prompt-tuning"
+                and (c["cell"]["model"], c["cell"]["eval_task"], c["cell"][other]) in fixed
+                and (c["cell"]["model"], c["cell"]["eval_task"], c["cell"][axis]) not in have]
     lines = [f"## {title} (`configs/{name}.yaml`)", "", config_line(name), "",
-             f"| model | task | {axis.replace('_', ' ')} | score |", "|---|---|---|---|"]
-    for c in sorted(cells, key=lambda c: (c["cell"]["model"], c["cell"]["eval_task"], c["cell"][axis])):
+             f"| model | task | {axis.replace('_', ' ')} | score | from |", "|---|---|---|---|---|"]
+    rows = [(c, name) for c in cells] + [(c, reference) for c in borrowed]
+    for c, source in sorted(rows, key=lambda r: (r[0]["cell"]["model"], r[0]["cell"]["eval_task"],
+                                                 r[0]["cell"][axis])):
         cell = c["cell"]
-        lines.append(f"| {cell['model']} | {cell['eval_task']} | {cell[axis]} | {100 * c['score']:.1f} |")
+        lines.append(f"| {cell['model']} | {cell['eval_task']} | {cell[axis]} | {100 * c['score']:.1f} | "
+                     f"`{source}` |")
     lines += ["", f"Reproduce: `softprompt experiment configs/{name}.yaml`; plots in "
               f"[`docs/results/{name}/`](results/{name}/README.md).", ""]
     return lines
