@@ -241,8 +241,7 @@ def machine(threads: int) -> dict:
     if os.path.exists("/proc/cpuinfo"):
         with open("/proc/cpuinfo") as f:
             cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    return {"cpu": cpu, "logical_cpus": os.cpu_count(), "torch_threads": threads, "platform": platform.platform(),
-            "note": "shared machine (other jobs running): timings are noisy; compare ratios, not absolutes"}
+    return {"cpu": cpu, "logical_cpus": os.cpu_count(), "torch_threads": threads, "platform": platform.platform()}
 
 
 def main() -> None:

@@ -128,6 +128,8 @@ def test_cli_rerun_trains_nothing(sweep_dir: Path, tmp_path: Path, capsys: pytes
     ({"seeds": "0"}, "expected a list"),
     ({"prompt_tuning": {"steps": 0}}, "steps"),
     ({"tasks": ["sst2", "sst2.yaml"]}, "share a file label"),
+    ({"reuse": ["tiny"]}, "another grid"),
+    ({"reuse": ["../elsewhere"]}, "another grid"),
 ])
 def test_bad_config_fails_before_training(sweep_dir: Path, tmp_path: Path, override: dict, message: str,
                                           monkeypatch: pytest.MonkeyPatch) -> None:
@@ -150,3 +152,29 @@ def test_report_with_missing_cells_lists_them(sweep_dir: Path, tmp_path: Path) -
     config = load_config(write_config(tmp_path / "empty.yaml", grid(sweep_dir, name="empty")))
     text = write_report(config).read_text()
     assert "0 of 24 cells done" in text and "Missing cells (24)" in text
+
+
+def test_reuse_copies_only_cells_with_the_same_settings(sweep_dir: Path, tmp_path: Path) -> None:
+    base = grid(sweep_dir, output=str(tmp_path / "results"), models=[str(sweep_dir / "tiny-small")], pairs=[],
+                prompt_lengths=[2], inits=["uniform"], shots=[0], methods=["prompt-tuning", "prompt-design"])
+    first = run_experiment(load_config(write_config(tmp_path / "a.yaml", {**base, "name": "a"})), log=lambda _: None)
+    assert len(first.ran) == 2
+    # Same settings plus a new prompt length: the two finished cells are copied, only P = 4 trains.
+    b = load_config(write_config(tmp_path / "b.yaml", {**base, "name": "b", "prompt_lengths": [2, 4], "reuse": ["a"]}))
+    second = run_experiment(b, log=lambda _: None)
+    assert sorted(second.reused) == sorted(first.ran) and len(second.ran) == 1 and "P4" in second.ran[0]
+    copied = json.loads((b.out_dir / "cells" / f"{first.ran[0]}.json").read_text())
+    original = json.loads((tmp_path / "results" / "a" / "cells" / f"{first.ran[0]}.json").read_text())
+    assert copied["reused_from"] == "a" and copied["experiment"] == "b" and copied["score"] == original["score"]
+    report = write_report(b)
+    assert "Reused" in report.read_text()
+    assert (report.parent / "prompt_length.png").read_bytes()[:4] == b"\x89PNG"  # one model: score vs P
+    # A different lr (or eval limit) is a different run: nothing is copied.
+    c = load_config(write_config(tmp_path / "c.yaml", {
+        **base, "name": "c", "reuse": ["a"], "methods": ["prompt-tuning"],
+        "prompt_tuning": {**base["prompt_tuning"], "lr": 2e-2}}))
+    third = run_experiment(c, log=lambda _: None)
+    assert not third.reused and len(third.ran) == 1
+    d = load_config(write_config(tmp_path / "d.yaml", {**base, "name": "d", "reuse": ["a"],
+                                                        "methods": ["prompt-design"], "eval": {"limit": 5}}))
+    assert not run_experiment(d, log=lambda _: None).reused

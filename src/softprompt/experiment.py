@@ -28,14 +28,14 @@ from softprompt.bank import PromptBank
 from softprompt.evaluate import evaluate
 from softprompt.grid import Cell, ExperimentConfig, cells, preflight
 from softprompt.methods import count_parameters, task_parameters
-from softprompt.model_tuning import tune_model
+from softprompt.model_tuning import ModelTuneConfig, tune_model
 from softprompt.prompt_design import design_prompt
 from softprompt.prompted import PromptedModel
 from softprompt.promptfile import atomic_write
 from softprompt.tasks import Example, Task, get_task
-from softprompt.trainer import train_prompt
+from softprompt.trainer import TrainConfig, train_prompt
 
-__all__ = ["RunSummary", "load_cells", "run_cell", "run_experiment"]
+__all__ = ["RunSummary", "load_cells", "reusable", "run_cell", "run_experiment"]
 
 
 def versions() -> dict[str, str]:
@@ -56,6 +56,8 @@ def machine() -> dict[str, Any]:
 class RunSummary:
     ran: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    reused: list[str] = field(default_factory=list)
+    """copied from another grid (``reuse``) instead of trained"""
     seconds: float = 0.0
 
 
@@ -84,6 +86,45 @@ def cell_path(config: ExperimentConfig, cell: Cell) -> Path:
     return config.out_dir / "cells" / f"{cell.id}.json"
 
 
+def method_settings(config: ExperimentConfig, cell: Cell) -> TrainConfig | ModelTuneConfig | None:
+    """The training settings of a tuned cell: the grid's section with the cell's axes filled in (None: prompt
+    design, which trains nothing)."""
+    if cell.method == "prompt-tuning":
+        return replace(config.prompt_tuning, prompt_length=cell.prompt_length, init=cell.init, seed=cell.seed)
+    if cell.method == "model-tuning":
+        return replace(config.model_tuning, seed=cell.seed)
+    return None
+
+
+def method_config(config: ExperimentConfig, cell: Cell) -> dict[str, Any]:
+    """What a cell's record stores under ``config``."""
+    settings = method_settings(config, cell)
+    return asdict(settings) if settings is not None else {"shots": cell.shots, "seed": cell.seed}
+
+
+def _same_run(config: ExperimentConfig, cell: Cell) -> dict[str, Any]:
+    """Everything besides the cell id that decides a cell's result, as JSON would store it."""
+    return json.loads(json.dumps({"config": method_config(config, cell), "eval": asdict(config.eval),
+                                  "train_limit": config.train_limit}))
+
+
+def reusable(config: ExperimentConfig, cell: Cell) -> dict[str, Any] | None:
+    """A finished record of ``cell`` in one of ``config.reuse``'s grids that ran with the same settings, marked with
+    where it came from; None if there is none."""
+    want = _same_run(config, cell)
+    for name in config.reuse:
+        path = Path(config.output) / name / "cells" / f"{cell.id}.json"
+        if not path.is_file():
+            continue
+        record = json.loads(path.read_text())
+        have = {"config": record.get("config"),
+                "eval": {k: v for k, v in record.get("eval", {}).items() if k != "examples"},
+                "train_limit": record.get("train_limit")}
+        if have == want:
+            return {**record, "experiment": config.name, "reused_from": record.get("reused_from", name)}
+    return None
+
+
 def run_cell(config: ExperimentConfig, cell: Cell, backbone: Backbone, data: _Data, *, progress: bool = False
              ) -> dict[str, Any]:
     """Train (when the method trains) and evaluate one cell; returns its result record."""
@@ -96,31 +137,32 @@ def run_cell(config: ExperimentConfig, cell: Cell, backbone: Backbone, data: _Da
     extra: dict[str, Any] = {}
     train_metrics: dict[str, Any] = {}
     tuned: Backbone | None = None
-    if cell.method == "prompt-tuning":
-        tc = replace(config.prompt_tuning, prompt_length=cell.prompt_length, init=cell.init, seed=cell.seed)
+    settings = method_settings(config, cell)
+    if isinstance(settings, TrainConfig):
+        tc = settings
         validation = data.examples(cell.train_task, "validation", tc.eval_limit) if tc.eval_every else None
         train = data.examples(cell.train_task, "train", config.train_limit)
         # The prompt file and its resume checkpoint live beside the cells: a killed cell continues where it was.
         result = train_prompt(backbone, train_task, train, tc, config.out_dir / "prompts" / f"{cell.id}.safetensors",
                               validation=validation, resume=True, progress=progress)
         pm = PromptedModel(backbone, PromptBank(result.prompt.unsqueeze(0)))
-        train_metrics, method_config = result.metrics, asdict(tc)
-    elif cell.method == "model-tuning":
-        mc = replace(config.model_tuning, seed=cell.seed)
+        train_metrics = result.metrics
+    elif isinstance(settings, ModelTuneConfig):
+        mc = settings
         validation = data.examples(cell.train_task, "validation", mc.eval_limit) if mc.eval_every else None
         train = data.examples(cell.train_task, "train", config.train_limit)
         out = config.out_dir / "models" / cell.id if config.keep_models else None
         mt = tune_model(backbone, train_task, train, mc, out, validation=validation, progress=progress)
         tuned = mt.backbone
         pm = PromptedModel(tuned, PromptBank(torch.zeros(1, 0, tuned.hidden_size)))
-        train_metrics, method_config = mt.metrics, asdict(mc)
+        train_metrics = mt.metrics
         extra = {"loss_first": mt.losses[0], "loss_last": mt.losses[-1]}
     else:
         pool = data.examples(cell.eval_task, "train", config.train_limit) if cell.shots else []
         design = design_prompt(eval_task, backbone.tokenizer, eval_examples, shots=cell.shots, pool=pool,
                                seed=cell.seed, max_input_tokens=ev.max_input_tokens)
         pm = PromptedModel(backbone, PromptBank(torch.zeros(1, 0, backbone.hidden_size)))
-        instruction, method_config = design.prefix, {"shots": cell.shots, "seed": cell.seed}
+        instruction = design.prefix
         extra = {"shots_used": design.shots}
     train_seconds = time.perf_counter() - t0
     metrics, _ = evaluate(pm, eval_task, eval_examples, batch_size=ev.batch_size, instruction=instruction,
@@ -142,7 +184,8 @@ def run_cell(config: ExperimentConfig, cell: Cell, backbone: Backbone, data: _Da
         "trainable_params": task_parameters(cell.method, model_parameters=n_params,
                                             hidden_size=backbone.hidden_size, prompt_length=cell.prompt_length),
         "train": train_metrics,
-        "config": method_config,
+        "config": method_config(config, cell),
+        "train_limit": config.train_limit,
         "seconds": round(time.perf_counter() - t0, 2),
         "train_seconds": round(train_seconds, 2),
         **extra,
@@ -150,6 +193,12 @@ def run_cell(config: ExperimentConfig, cell: Cell, backbone: Backbone, data: _Da
         "machine": machine(),
         "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+
+
+def _write_record(config: ExperimentConfig, cell: Cell, record: dict[str, Any]) -> None:
+    # Written last and atomically: a cell's JSON exists only once the cell is complete.
+    atomic_write(cell_path(config, cell),
+                 lambda tmp: Path(tmp).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n"))
 
 
 def run_experiment(config: ExperimentConfig, *, progress: bool = False,
@@ -167,16 +216,20 @@ def run_experiment(config: ExperimentConfig, *, progress: bool = False,
     for model in dict.fromkeys(c.model for c in grid):
         todo = [c for c in grid if c.model == model and not cell_path(config, c).is_file()]
         summary.skipped += [c.id for c in grid if c.model == model and c not in todo]
+        for cell in list(todo):
+            record = reusable(config, cell)
+            if record is not None:
+                _write_record(config, cell, record)
+                summary.reused.append(cell.id)
+                todo.remove(cell)
+                say(f"    {cell.id}: reused from {record['reused_from']}")
         if not todo:
             continue
         backbone = load(model)
         for cell in todo:
             say(f"[{len(summary.ran) + len(summary.skipped) + 1}/{len(grid)}] {cell.id} ...")
             record = run_cell(config, cell, backbone, data, progress=progress)
-            path = cell_path(config, cell)
-            # Written last and atomically: a cell's JSON exists only once the cell is complete.
-            atomic_write(path, lambda tmp, r=record: Path(tmp).write_text(json.dumps(r, indent=2, sort_keys=True)
-                                                                          + "\n"))
+            _write_record(config, cell, record)
             summary.ran.append(cell.id)
             say(f"    {record['metric']} {record['score']:.4f} ({record['seconds']:.1f} s)")
         del backbone

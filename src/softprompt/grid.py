@@ -88,6 +88,9 @@ class ExperimentConfig:
     threads: int | None = None
     keep_models: bool = False
     """keep each model-tuning cell's model folder (one full model per cell)"""
+    reuse: list[str] = field(default_factory=list)
+    """names of other grids under the same ``output``: a cell already finished there with the same settings (method
+    config, eval settings, train_limit) is copied instead of trained again"""
     description: str = ""
 
     @property
@@ -164,6 +167,9 @@ def validate(config: ExperimentConfig, where: str = "config") -> None:
         raise ConfigError(f"{where}: models is empty")
     if not config.tasks and not config.pairs:
         raise ConfigError(f"{where}: no tasks and no pairs")
+    for name in config.reuse:
+        if name == config.name or slug(name) != name:
+            raise ConfigError(f"{where}: reuse entry {name!r} must name another grid (its folder under output)")
     if not re.fullmatch(r"[A-Za-z0-9._-]+", config.name):
         raise ConfigError(f"{where}: name {config.name!r} must be a plain file name (letters, digits, . _ -)")
     for key, values, known in (("methods", config.methods, METHODS), ("inits", config.inits, INITS)):

@@ -33,7 +33,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if not args.report:
         summary = run_experiment(config, progress=args.progress)
-        result = {"ran": len(summary.ran), "skipped": len(summary.skipped), "seconds": round(summary.seconds, 2)}
+        result = {"ran": len(summary.ran), "skipped": len(summary.skipped), "reused": len(summary.reused),
+                  "seconds": round(summary.seconds, 2)}
     else:
         result = {}
     result["report"] = str(write_report(config, args.report_dir))
