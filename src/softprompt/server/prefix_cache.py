@@ -23,8 +23,10 @@ sliding-window layers keep their own cache layout) use the splice path: correct,
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -57,6 +59,18 @@ class PromptKV:
         return self.kv.numel() * self.kv.element_size()
 
 
+def _cache_kwargs(model: torch.nn.Module, cache: DynamicCache | None) -> dict[str, DynamicCache | None]:
+    """The forward's KV-cache argument: transformers 5.x renamed ``past_key_values`` to ``cache`` (the old name
+    warns and is to be removed); older releases only know ``past_key_values``."""
+    name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    return {name: cache}
+
+
+def _returned_cache(out: Any) -> DynamicCache:
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else out.past_key_values
+
+
 @torch.no_grad()
 def prompt_kv(backbone: Backbone, prompt: Tensor) -> PromptKV:
     """Run the prompt [P, H] alone (positions 0..P-1, as the splice gives it) and keep its per-layer K/V."""
@@ -73,7 +87,7 @@ def prompt_kv(backbone: Backbone, prompt: Tensor) -> PromptKV:
     out = model(inputs_embeds=embeds, attention_mask=torch.ones(1, p, dtype=torch.long, device=backbone.device),
                 position_ids=torch.arange(p, device=backbone.device).unsqueeze(0), use_cache=True,
                 logits_to_keep=1)
-    cache = out.past_key_values
+    cache = _returned_cache(out)
     kv = torch.stack([torch.stack([layer.keys[0], layer.values[0]]) for layer in cache.layers])
     return PromptKV(kv.float())
 
@@ -116,7 +130,7 @@ def _forward(backbone: Backbone, prompts: Sequence[PromptKV], ids: Tensor, mask:
     lengths = cache_mask.sum(dim=1, keepdim=True)  # [B, 1] each row's prompt length
     positions = (lengths + mask.cumsum(dim=1) - 1).clamp(min=0) * mask  # 0 on padding, as in the splice
     out = backbone.model(input_ids=ids, attention_mask=torch.cat([cache_mask, mask], dim=1), position_ids=positions,
-                         past_key_values=cache, use_cache=cache is not None, logits_to_keep=keep)
+                         use_cache=cache is not None, logits_to_keep=keep, **_cache_kwargs(backbone.model, cache))
     return out.logits
 
 
@@ -161,7 +175,8 @@ def cached_generate(backbone: Backbone, prompts: Sequence[PromptKV], ids: Tensor
     out: list[list[int]] = [[] for _ in prompts]
     for step in range(max(max_new_tokens, default=0)):
         logits = backbone.model(input_ids=ids, attention_mask=full_mask, position_ids=positions,
-                                past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+                                use_cache=True, logits_to_keep=1, **_cache_kwargs(backbone.model, cache)
+                                ).logits[:, -1]
         nxt = logits.argmax(dim=-1)  # [B]
         done |= step >= limits
         done_now = nxt == eos if eos is not None else torch.zeros_like(done)
