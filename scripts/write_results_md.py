@@ -175,36 +175,43 @@ def domain_shift_section(name: str) -> list[str]:
     return lines
 
 
-def budget_section(name: str, reference: str = "paper_cpu") -> list[str]:
-    """Prompt tuning at a longer budget, read against ``reference``'s prompt design, short prompt tuning and model
-    tuning on the same tasks."""
-    cells = [c for c in load_cells(name) if c["method"] == "prompt-tuning"]
-    if not cells:
+def budget_section(names: list[str], reference: str = "paper_cpu") -> list[str]:
+    """Prompt tuning at a longer budget (one grid per model: each has its own lr), read against ``reference``'s
+    prompt design, short prompt tuning and model tuning on the same tasks."""
+    grids = [(name, [c for c in load_cells(name) if c["method"] == "prompt-tuning"]) for name in names]
+    grids = [(name, cells) for name, cells in grids if cells]
+    if not grids:
         return []
     ref = load_cells(reference)
-    lines = [f"## Prompt tuning with a longer budget (`configs/{name}.yaml`)", "", config_line(name), "",
-             f"PD, PT and MT are `{reference}`'s cells (30 steps; PT at the paper's lr 0.3); the last PT column is "
-             "this grid. Model tuning was not rerun at the longer budget, so PT − MT here is not a matched comparison.",
-             "", "| model | task | PD | PT (30 steps) | PT (this grid) | MT (30 steps) | majority |",
-             "|---|---|---|---|---|---|---|"]
-    long_scores, short_scores, design_scores = [], [], []
-    for c in cells:
-        m, t = c["cell"]["model"], c["cell"]["eval_task"]
-        pd, pt, mt = (score_of(ref, m, k, t, t) for k in METHODS)
-        floor = majority(t)
-        lines.append(f"| {m} | {t} | {pd} | {pt} | {100 * c['score']:.1f} | {mt} | "
-                     f"{'' if floor is None else f'{floor:.1f}'} |")
-        if pd and pt:
-            long_scores.append(100 * c["score"])
-            short_scores.append(float(pt))
-            design_scores.append(float(pd))
-    if long_scores:
-        n = len(long_scores)
-        lines += ["", f"Average over {n} tasks: PD {sum(design_scores) / n:.1f}, PT 30 steps "
-                  f"{sum(short_scores) / n:.1f}, PT this grid {sum(long_scores) / n:.1f} "
-                  f"(PT − PD = {(sum(long_scores) - sum(design_scores)) / n:+.1f} points)."]
-    lines += ["", f"Reproduce: `softprompt experiment configs/{name}.yaml`; every cell in "
-              f"[`docs/results/{name}/`](results/{name}/README.md).", ""]
+    lines = ["## Prompt tuning with a longer budget (" + ", ".join(f"`configs/{n}.yaml`" for n, _ in grids) + ")",
+             ""]
+    for name, _ in grids:
+        lines += [f"- `{name}`: {config_line(name)}"]
+    lines += ["", f"PD, PT (30 steps) and MT are `{reference}`'s cells (30 steps; PT at the paper's lr 0.3); "
+              "\"PT longer\" is the longer grid. Model tuning was not rerun at the longer budget, so PT − MT here "
+              "is not a matched comparison.",
+              "", "| model | task | PD | PT (30 steps) | PT longer | MT (30 steps) | majority |",
+              "|---|---|---|---|---|---|---|"]
+    summary = []
+    for _, cells in grids:
+        done: list[tuple[float, float, float]] = []
+        for c in cells:
+            m, t = c["cell"]["model"], c["cell"]["eval_task"]
+            pd, pt, mt = (score_of(ref, m, k, t, t) for k in METHODS)
+            floor = majority(t)
+            lines.append(f"| {m} | {t} | {pd} | {pt} | **{100 * c['score']:.1f}** | {mt} | "
+                         f"{'' if floor is None else f'{floor:.1f}'} |")
+            if pd and pt:
+                done.append((float(pd), float(pt), 100 * c["score"]))
+        if done:
+            n = len(done)
+            pd_avg, pt_avg, long_avg = (sum(x[i] for x in done) / n for i in range(3))
+            summary.append(f"- `{cells[0]['cell']['model']}` ({n} tasks): PD {pd_avg:.1f}, PT 30 steps {pt_avg:.1f}, "
+                           f"PT longer {long_avg:.1f}: PT longer − PD = {long_avg - pd_avg:+.1f} points.")
+    lines += ["", *summary, ""]
+    lines += ["Reproduce: " + "; ".join(f"`softprompt experiment configs/{n}.yaml`" for n, _ in grids)
+              + "; every cell in " + ", ".join(f"[`docs/results/{n}/`](results/{n}/README.md)" for n, _ in grids)
+              + ".", ""]
     return lines
 
 
@@ -238,7 +245,7 @@ def main() -> None:
     lines += [*READING.splitlines(), ""]
     lines += ablation_section("ablation_length_cpu", "prompt_length", "Prompt length ablation")
     lines += ablation_section("ablation_init_cpu", "init", "Initialisation ablation")
-    lines += budget_section("pt_budget_cpu")
+    lines += budget_section(["pt_budget_cpu", "pt_budget_gemma_cpu"])
     lines += domain_shift_section("domain_shift_cpu")
     lines += ["## Ensembles and nearest tokens", "",
               "5-prompt ensembles on SST-2 and RTE with smollm2-135m, the batched-vs-sequential benchmark, and the "
