@@ -103,7 +103,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=ROOT / "docs" / "data" / "ensembles")
     parser.add_argument("--bench", type=Path, default=ROOT / "bench" / "results" / "ensemble_cpu.json")
-    parser.add_argument("--tasks", default="sst2,rte")
+    parser.add_argument("--tasks", default="sst2,copa")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "ensembles.md")
     args = parser.parse_args()
     tasks = args.tasks.split(",")
