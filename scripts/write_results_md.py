@@ -80,8 +80,8 @@ def comparison_section(name: str) -> list[str]:
     head = [f"{m} {short[k]}" for m in models for k in METHODS] + ["majority"]
     lines = [f"## Prompt tuning vs model tuning vs prompt design (`configs/{name}.yaml`)", "",
              config_line(name), "",
-             "Score: each task's primary metric (accuracy; CB: accuracy, its macro-F1 is in the report) on the first "
-             "validation examples, ×100. PD = zero-shot prompt design, PT = prompt tuning, MT = model tuning. "
+             "Score: each task's primary metric (accuracy; CB: accuracy, its macro-F1 is in the cell JSON) on the "
+             "first validation examples, ×100. PD = zero-shot prompt design, PT = prompt tuning, MT = model tuning. "
              "Majority: always answering the evaluated examples' most common label (COPA: a coin flip between its "
              "two choices), the floor a score must clear to show the task was learned. A blank: that cell has not "
              "run.", "",
@@ -255,7 +255,7 @@ READING = """## How to read these numbers
   longer-budget section below) the margin grows to about ten points or more, model by model.
 - **Prompt tuning vs model tuning:** model tuning leads on both models at 30 steps. The paper also finds a large gap
   below ~1B parameters on T5 (it closes at ~10B); we cannot test that scale on this CPU.
-- **The paper's lr 0.3 is too large for these models.** It is tuned to T5's embedding scale; Adafactor without
+- **The paper's lr 0.3 is too large for smollm2.** It is tuned to T5's embedding scale; Adafactor without
   parameter scaling moves each prompt value by about lr per step, 2× the std of smollm2's embeddings (0.14), and
   its 30-step runs spike (P = 50 and the uniform init end near chance in the ablations).
   `configs/pt_budget_cpu.yaml` reruns prompt tuning for longer at lr 0.1 (below). Gemma 3 multiplies its
