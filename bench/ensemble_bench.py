@@ -59,6 +59,7 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=1, help="timed runs per variant (the minimum is kept)")
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "ensemble_cpu.json")
+    parser.add_argument("--note", default="", help="how the machine was used meanwhile (stored with the results)")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -123,7 +124,7 @@ def main() -> int:
                     "platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                     "load_average_before": [round(x, 2) for x in load_before],
                     "load_average_after": [round(x, 2) for x in os.getloadavg()],
-                    "note": "2 cores shared with other jobs; the load averages say how busy they were"},
+                    "note": args.note},
         "settings": {"task": args.task, "examples": len(examples), "prompts": args.prompts,
                      "prompt_length": args.prompt_length, "batch_size": bs, "repeats": args.repeats,
                      "choices_per_example": sorted(set(k)), "one_token_choices_share_a_row": shared},
