@@ -64,6 +64,7 @@ def main(out: Path) -> None:
     if dist.is_main:
         assert not (out / "rank1.txt").exists()
     (out / f"rank{dist.rank}.done").write_text("ok")
+    dist.close()
 
 
 if __name__ == "__main__":

@@ -86,6 +86,13 @@ class DistContext:
     def barrier(self) -> None:
         tdist.barrier()
 
+    def close(self) -> None:
+        """Leave the group once every process is done. A process that exits with its gloo group still alive can
+        abort in the backend's thread teardown ("terminate called without an active exception")."""
+        if tdist.is_initialized():
+            tdist.barrier()
+            tdist.destroy_process_group()
+
     def loss_share(self, pm: PromptedModel, batch: Batch, prompt_index: Tensor) -> Tensor:
         """This process's share of the global mean target NLL: its summed NLL / every process's token count.
 

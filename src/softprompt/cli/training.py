@@ -153,4 +153,6 @@ def run(args: argparse.Namespace) -> int:
         emit({"out": str(out), "task": task.name, "model": args.model, "method": "prompt-tuning",
               **({"seed": cfg.seed} if seeds else {}), "seconds": round(time.perf_counter() - t0, 2),
               "trainable_params": trainable, **result.metrics}, args.json)
+    if dist is not None:  # on success only: after a failure the others may be inside a collective, never at a barrier
+        dist.close()
     return 0
