@@ -4,12 +4,13 @@
 
 Variants (every one scores the same E examples × K choices × N prompts, and is checked against ``sequential``):
 
-- ``sequential``: N passes of :func:`score_choices` with a one-prompt bank, as ``softprompt eval`` runs each prompt.
-- ``batched_naive``: one :func:`score_choices` call over all N prompts (rows in example order).
+- ``sequential``: N passes of :func:`score_choices` with a one-prompt bank and K rows per example (the plain
+  single-prompt pass, no tricks).
+- ``batched_naive``: one :func:`score_choices` call over all N prompts, K rows per example, example order.
 - ``batched_sorted``: :meth:`Ensemble.score` with rows in input-length order (less padding), K rows per example.
 - ``batched``: :meth:`Ensemble.score` as shipped: length order + one row per (example, prompt) for one-token choices.
-- ``sequential_sorted_shared``: the same two tricks applied to each prompt alone, N passes — it separates what the
-  batching itself buys from what the tricks buy.
+- ``sequential_sorted_shared``: the same two tricks applied to each prompt alone, N passes (what ``softprompt eval``
+  does per prompt) — it separates what the batching itself buys from what the tricks buy.
 
 Writes ``bench/results/ensemble_cpu.json`` (versions, machine, settings, seconds, ratios, padded-token counts).
 """
@@ -73,12 +74,13 @@ def main() -> int:
     bs = args.batch_size
 
     def sequential() -> torch.Tensor:
-        return torch.cat([score_choices(PromptedModel(backbone, PromptBank(p.unsqueeze(0))), examples, batch_size=bs)
-                          for p in prompts])
+        return torch.cat([score_choices(PromptedModel(backbone, PromptBank(p.unsqueeze(0))), examples, batch_size=bs,
+                                        share_prefix=False) for p in prompts])
 
     variants: dict[str, Callable[[], torch.Tensor]] = {
         "sequential": sequential,
-        "batched_naive": lambda: score_choices(ensemble.model, examples, range(args.prompts), batch_size=bs),
+        "batched_naive": lambda: score_choices(ensemble.model, examples, range(args.prompts), batch_size=bs,
+                                               share_prefix=False),
         "batched_sorted": lambda: ensemble.score(examples, batch_size=bs, share_prefix=False),
         "batched": lambda: ensemble.score(examples, batch_size=bs),
         "sequential_sorted_shared": lambda: torch.cat([s.score(examples, batch_size=bs) for s in singles]),

@@ -76,7 +76,11 @@ def speed_reading(bench: dict) -> list[str]:
     if "sequential_sorted_shared" in ratio:
         share, r = slots["sequential_sorted_shared"] / seq, ratio["sequential_sorted_shared"]
         out.append(f"`sequential_sorted_shared` applies the same two tricks one prompt at a time ({share:.0%} of the "
-                   f"slots, {r:.2f} ×).")
+                   f"slots, {r:.2f} ×), as `softprompt eval` does for a single prompt: on this CPU the saving is the "
+                   f"tricks' (fewer, less padded rows); the one pass over all N prompts takes "
+                   f"{ratio['batched'] / r:.2f} × the time of those N passes, because a CPU forward costs what its "
+                   "tokens cost. One pass "
+                   "pays off where a forward has idle parallel capacity (a GPU), which this machine cannot measure.")
     if abs(ratio["batched"] - slots["batched"] / seq) > 0.2:
         out.append("Time did not follow the token count in this run: fewer slots did not make the forwards "
                    "proportionally cheaper, so on this CPU and model size something other than the token matrix "
