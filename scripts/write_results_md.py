@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -39,6 +40,11 @@ def sst2_section(path: Path) -> list[str]:
 METHODS = ("prompt-design", "prompt-tuning", "model-tuning")
 
 
+def pct_or_blank(value: float | None) -> str:
+    return "" if value is None else f"{value:.1f}"
+
+
+@functools.cache  # every section asks for the same few tasks: read each data file once
 def majority(task: str, split: str = "validation", limit: int = 200) -> float | None:
     """The score of always answering the most common target of the evaluated examples (×100); for tasks whose
     choices differ per example (COPA) the chance of a uniform guess. None where the data is not on this machine."""
@@ -89,7 +95,7 @@ def comparison_section(name: str) -> list[str]:
     for t in tasks:
         row = [f"{score[m, t, k]:.1f}" if (m, t, k) in score else "" for m in models for k in METHODS]
         floor = majority(t)
-        lines.append(f"| {t} | " + " | ".join(row) + f" | {'' if floor is None else f'{floor:.1f}'} |")
+        lines.append(f"| {t} | " + " | ".join(row) + f" | {pct_or_blank(floor)} |")
     averages, complete = [], []
     for m in models:
         done = [t for t in tasks if all((m, t, k) in score for k in METHODS)]
@@ -169,7 +175,7 @@ def domain_shift_section(name: str) -> list[str]:
         lines.append(f"| {cell['model']} | {c['method']} | {cell['train_task']} → {cell['eval_task']} | "
                      f"{100 * c['score']:.1f}{flag} | "
                      f"{score_of(cells, cell['model'], c['method'], cell['eval_task'], cell['eval_task'])} | "
-                     f"{'' if floor is None else f'{floor:.1f}'} |")
+                     f"{pct_or_blank(floor)} |")
     lines += ["", f"Reproduce: `softprompt experiment configs/{name}.yaml`; every cell in "
               f"[`docs/results/{name}/`](results/{name}/README.md).", ""]
     return lines
@@ -200,7 +206,7 @@ def budget_section(names: list[str], reference: str = "paper_cpu") -> list[str]:
             pd, pt, mt = (score_of(ref, m, k, t, t) for k in METHODS)
             floor = majority(t)
             lines.append(f"| {m} | {t} | {pd} | {pt} | **{100 * c['score']:.1f}** | {mt} | "
-                         f"{'' if floor is None else f'{floor:.1f}'} |")
+                         f"{pct_or_blank(floor)} |")
             if pd and pt:
                 done.append((float(pd), float(pt), 100 * c["score"]))
         if done:

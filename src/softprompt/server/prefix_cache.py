@@ -23,6 +23,7 @@ sliding-window layers keep their own cache layout) use the splice path: correct,
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -59,11 +60,16 @@ class PromptKV:
         return self.kv.numel() * self.kv.element_size()
 
 
-def _cache_kwargs(model: torch.nn.Module, cache: DynamicCache | None) -> dict[str, DynamicCache | None]:
+@functools.cache
+def _cache_arg(model_class: type) -> str:
     """The forward's KV-cache argument: transformers 5.x renamed ``past_key_values`` to ``cache`` (the old name
-    warns and is to be removed); older releases only know ``past_key_values``."""
-    name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-    return {name: cache}
+    warns and is to be removed); older releases only know ``past_key_values``. Looked up once per model class,
+    not on every decoding step."""
+    return "cache" if "cache" in inspect.signature(model_class.forward).parameters else "past_key_values"
+
+
+def _cache_kwargs(model: torch.nn.Module, cache: DynamicCache | None) -> dict[str, DynamicCache | None]:
+    return {_cache_arg(type(model)): cache}
 
 
 def _returned_cache(out: Any) -> DynamicCache:
