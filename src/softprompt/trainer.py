@@ -1,6 +1,8 @@
 """Prompt tuning: train one ``[P, H]`` prompt on a frozen backbone.
 
-The paper's recipe is the default: Adafactor, constant lr 0.3, weight decay 1e-5, no parameter scaling.
+The optimizer is the paper's: Adafactor, constant lr, weight decay 1e-5, no parameter scaling. The step size is
+not the paper's 0.3 by default but ``lr="auto"``: :data:`AUTO_LR_SCALE` × the standard deviation of the embeddings
+the model consumes (:func:`resolve_lr`); the paper's value is the named recipe ``paper`` (:data:`RECIPES`).
 Runs are deterministic on CPU for a seed: the batch at step s is a pure function of (seed, s), so a run resumed from
 a checkpoint (``--resume``, after any kill) takes exactly the steps an uninterrupted run takes.
 
@@ -55,7 +57,8 @@ class TrainConfig:
     init_text: str | None = None
     """the string for init=text"""
     optimizer: Literal["adafactor", "adam", "adamw"] = "adafactor"
-    lr: float = 0.3
+    lr: float | Literal["auto"] = "auto"
+    """a step size, or "auto": AUTO_LR_SCALE × the model's consumed-embedding std (see resolve_lr)"""
     weight_decay: float = 1e-5
     seed: int = 0
     eval_every: int = 50
@@ -73,8 +76,8 @@ class TrainConfig:
             raise ValueError("steps, batch_size and grad_accum must be >= 1 and prompt_length >= 0")
         if self.batch_size % self.grad_accum:
             raise ValueError(f"batch_size {self.batch_size} is not divisible by grad_accum {self.grad_accum}")
-        if self.lr <= 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.lr != "auto" and (isinstance(self.lr, str) or self.lr <= 0):
+            raise ValueError(f"lr must be a number > 0 or 'auto', got {self.lr!r}")
 
 
 @dataclass
@@ -84,15 +87,39 @@ class TrainResult:
     state: TrainState = field(default_factory=TrainState)
 
 
-def make_optimizer(config: TrainConfig, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+# Adafactor without parameter scaling (and Adam) moves every prompt value by about lr per step, whatever the size of
+# the gradient: the step is in the units of the embeddings, so the right lr is a fraction of their scale. The paper's
+# 0.3 suits T5, whose embeddings are large; smollm2's consumed embeddings have std 0.14 (0.3 made its loss spike),
+# Gemma 3's ~1.0 (0.3 trains well), Qwen 2.5's ~0.02 (0.3 diverged). The constant was chosen on smollm2 and
+# validated on all four built-in models × P in {5, 20, 50, 100} by bench/lr_bench.py (bench/results/lr_auto_cpu.json).
+AUTO_LR_SCALE = 0.5
+
+# Named recipes: settings a user asks for by name (``softprompt train --recipe paper``).
+RECIPES: dict[str, dict[str, Any]] = {
+    "default": {"optimizer": "adafactor", "lr": "auto", "weight_decay": 1e-5},
+    "paper": {"optimizer": "adafactor", "lr": 0.3, "weight_decay": 1e-5},  # Lester et al. (2021), section 3
+}
+
+
+def resolve_lr(config: TrainConfig, backbone: Backbone) -> float:
+    """The step size a run uses: ``config.lr``, or for "auto" AUTO_LR_SCALE × the consumed-embedding std."""
+    if config.lr == "auto":
+        return AUTO_LR_SCALE * backbone.embedding_std()
+    return float(config.lr)
+
+
+def make_optimizer(config: TrainConfig, params: list[torch.nn.Parameter], lr: float | None = None
+                   ) -> torch.optim.Optimizer:
+    """The configured optimizer over ``params`` at step size ``lr`` (default: ``config.lr``, which must be a number)."""
+    lr = float(config.lr) if lr is None else lr
     if config.optimizer == "adafactor":
         # The paper's Adafactor: constant lr (no relative step), no parameter scaling, beta2 decay exponent 0.8.
-        return Adafactor(params, lr=config.lr, weight_decay=config.weight_decay, scale_parameter=False,
+        return Adafactor(params, lr=lr, weight_decay=config.weight_decay, scale_parameter=False,
                          relative_step=False, warmup_init=False, decay_rate=-0.8, clip_threshold=1.0)
     if config.optimizer == "adam":
-        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+        return torch.optim.Adam(params, lr=lr, weight_decay=config.weight_decay)
     if config.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+        return torch.optim.AdamW(params, lr=lr, weight_decay=config.weight_decay)
     raise ValueError(f"unknown optimizer {config.optimizer!r} (adafactor, adam, adamw)")
 
 
@@ -188,7 +215,8 @@ def train_prompt(
         # Replicas must start equal; the inits are seeded, but a GPU kernel need not be bit-deterministic.
         dist.broadcast(prompt0)
     pm = PromptedModel(backbone, PromptBank(prompt0.unsqueeze(0)))
-    optimizer = make_optimizer(config, [pm.bank.weight])
+    lr = resolve_lr(config, backbone)
+    optimizer = make_optimizer(config, [pm.bank.weight], lr)
     if ckpt is not None:
         optimizer.load_state_dict(ckpt.optimizer_state)
     scaler = grad_scaler(backbone.model)
@@ -250,7 +278,7 @@ def train_prompt(
         if log is not None:
             log.close()
     chosen = best_prompt if best_prompt is not None else pm.bank.weight[0].detach()
-    metrics: dict[str, Any] = {"steps": state.step}
+    metrics: dict[str, Any] = {"steps": state.step, "lr": lr}
     if state.best_metric is not None:
         metrics.update({f"best_val_{task.primary_metric}": state.best_metric, "best_step": state.best_step})
     meta = PromptMeta.for_backbone(backbone, config.prompt_length, init=config.init, task=task.name,

@@ -14,7 +14,7 @@ from softprompt.init import INITS
 from softprompt.methods import task_parameters
 from softprompt.model_tuning import ModelTuneConfig, tune_model
 from softprompt.precision import PRECISIONS, enable_gradient_checkpointing
-from softprompt.trainer import TrainConfig, train_prompt
+from softprompt.trainer import AUTO_LR_SCALE, RECIPES, TrainConfig, train_prompt
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -37,7 +37,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     m = ModelTuneConfig()
     p.add_argument("--optimizer", choices=["adafactor", "adam", "adamw"], default=None,
                    help=f"default {d.optimizer} (prompt tuning), {m.optimizer} (model tuning)")
-    p.add_argument("--lr", type=float, default=None, help=f"default {d.lr} (prompt tuning), {m.lr} (model tuning)")
+    p.add_argument("--lr", type=_lr, default=None,
+                   help=f"a number, or 'auto' = {AUTO_LR_SCALE} × the model's embedding std (default for prompt "
+                        f"tuning); default {m.lr} for model tuning")
+    p.add_argument("--recipe", choices=sorted(RECIPES), default=None,
+                   help="named prompt-tuning settings: 'paper' = Lester et al.'s Adafactor lr 0.3 (tuned to T5's "
+                        "embedding scale); 'default' = Adafactor lr auto. --optimizer/--lr/--weight-decay override it")
     p.add_argument("--weight-decay", type=float, default=None,
                    help=f"default {d.weight_decay} (prompt tuning), {m.weight_decay} (model tuning)")
     p.add_argument("--seed", type=int, default=d.seed)
@@ -64,9 +69,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _lr(text: str) -> float | str:
+    """``--lr``: a positive number or ``auto``."""
+    if text == "auto":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'auto', got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
 def _optimizer_args(args: argparse.Namespace, defaults: TrainConfig | ModelTuneConfig) -> dict:
-    """--optimizer/--lr/--weight-decay, each falling back to the method's own default."""
-    return {k: getattr(defaults, k) if getattr(args, k) is None else getattr(args, k)
+    """--optimizer/--lr/--weight-decay, each falling back to --recipe's value, then to the method's own default."""
+    recipe = RECIPES[args.recipe] if getattr(args, "recipe", None) else {}
+    return {k: (recipe.get(k, getattr(defaults, k)) if getattr(args, k) is None else getattr(args, k))
             for k in ("optimizer", "lr", "weight_decay")}
 
 
@@ -103,7 +122,11 @@ def model_tune_config_from_args(args: argparse.Namespace) -> ModelTuneConfig:
 def run_model_tuning(args: argparse.Namespace) -> int:
     if args.out.suffix == ".safetensors" or args.out.is_file():
         raise UsageError(f"--method model-tuning writes a model folder; --out {args.out} looks like a file")
-    for flag, value in (("--resume", args.resume), ("--seeds", args.seeds), ("--fsdp", args.fsdp)):
+    if args.lr == "auto":
+        raise UsageError("--lr auto is for prompt tuning (it scales the prompt's step to the embeddings); give "
+                         "model tuning a number")
+    for flag, value in (("--resume", args.resume), ("--seeds", args.seeds), ("--fsdp", args.fsdp),
+                        ("--recipe", args.recipe)):
         if value:
             raise UsageError(f"{flag} is for prompt tuning, not --method model-tuning")
     config = model_tune_config_from_args(args)

@@ -1,0 +1,172 @@
+"""Is the default step size stable on every built-in model? Prompt-tune SST-2 for ``--steps`` steps at each prompt
+length and record each run's largest loss jump: max over t of (loss_t − min over s < t of loss_s), in nats.
+
+The target (the trust issue): ≤ 1 nat over 100 steps for ``lr auto`` on all four built-in models × P ∈ {5, 20, 50,
+100}. The paper's lr 0.3 runs beside it on request (``--lr 0.3 --label paper``) to show what the rule fixes.
+
+One JSON per run under ``bench/results/lr_auto/`` (a resumable cell: a finished run is skipped, a killed one
+resumes from its training checkpoint under ``runs/lr_bench/``); the summary ``bench/results/lr_auto_cpu.json``
+collects every finished cell, and ``--plot`` draws the loss curves.
+
+    PYTHONPATH=src python bench/lr_bench.py --models smollm2-135m --prompt-lengths 5 20 50 100
+    PYTHONPATH=src python bench/lr_bench.py --models smollm2-135m --prompt-lengths 20 --lr 0.3 --label paper
+    PYTHONPATH=src python bench/lr_bench.py --summary-only --plot docs/results/lr_auto.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).parent / "results"
+CELLS = RESULTS / "lr_auto"
+SUMMARY = RESULTS / "lr_auto_cpu.json"
+WORK = Path(__file__).resolve().parents[1] / "runs" / "lr_bench"
+JUMP_LIMIT = 1.0  # nats
+
+
+def largest_jump(losses: list[float]) -> float:
+    """max over t of (loss_t − min over s < t of loss_s); 0 for a loss that never rises above its past minimum."""
+    best, jump = float("inf"), 0.0
+    for loss in losses:
+        jump = max(jump, loss - best)
+        best = min(best, loss)
+    return jump
+
+
+def git_revision() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                             text=True, check=True)
+        return out.stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def load_average() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def run_cell(model: str, p: int, args: argparse.Namespace, backbone: Any, task: Any, train: list) -> dict:
+    import torch
+
+    from softprompt.experiment import machine, versions
+    from softprompt.trainer import TrainConfig, resolve_lr, train_prompt
+
+    lr: float | str = args.lr if args.lr == "auto" else float(args.lr)
+    config = TrainConfig(steps=args.steps, batch_size=args.batch_size, prompt_length=p, init=args.init, lr=lr,
+                         seed=args.seed, eval_every=0, max_input_tokens=128, save_every=10)
+    out = WORK / f"{model}_P{p}_{args.label}.safetensors"
+    load_before = load_average()
+    t0 = time.perf_counter()
+    torch.manual_seed(args.seed)
+    train_prompt(backbone, task, train, config, out, resume=True, progress=not args.no_progress)
+    seconds = time.perf_counter() - t0
+    log = [json.loads(line) for line in out.with_suffix(".metrics.jsonl").read_text().splitlines() if line.strip()]
+    losses = [r["loss"] for r in sorted(log, key=lambda r: r["step"]) if "loss" in r]
+    return {
+        "model": model, "prompt_length": p, "label": args.label, "lr_setting": args.lr,
+        "lr": resolve_lr(config, backbone), "embedding_std": backbone.embedding_std(), "init": args.init,
+        "steps": len(losses), "batch_size": args.batch_size, "seed": args.seed, "task": "sst2",
+        "losses": [round(x, 5) for x in losses], "largest_jump": round(largest_jump(losses), 5),
+        "first_loss": losses[0], "last10_mean_loss": sum(losses[-10:]) / len(losses[-10:]),
+        "seconds": round(seconds, 1), "seconds_per_step": round(seconds / max(1, len(losses)), 3),
+        "load_average_before": load_before, "load_average_after": load_average(),
+        "versions": versions(), "machine": machine(), "git_revision": git_revision(),
+    }
+
+
+def summarize() -> dict:
+    cells = [json.loads(p.read_text()) for p in sorted(CELLS.glob("*.json"))]
+    rows = [{k: c[k] for k in ("model", "prompt_length", "label", "lr", "embedding_std", "steps", "largest_jump",
+                               "first_loss", "last10_mean_loss", "seconds_per_step")} for c in cells]
+    auto = [r for r in rows if r["label"] == "auto"]
+    summary = {
+        "what": "largest loss jump (nats) of SST-2 prompt tuning, per model and prompt length; target <= 1 for lr auto",
+        "jump_limit": JUMP_LIMIT,
+        "auto_all_within_limit": bool(auto) and all(r["largest_jump"] <= JUMP_LIMIT for r in auto),
+        "auto_runs": len(auto),
+        "auto_worst_jump": max((r["largest_jump"] for r in auto), default=None),
+        "runs": rows,
+    }
+    SUMMARY.write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def plot(path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cells = [json.loads(p.read_text()) for p in sorted(CELLS.glob("*.json"))]
+    models = list(dict.fromkeys(c["model"] for c in cells))
+    fig, axes = plt.subplots(1, len(models), figsize=(4.2 * len(models), 3.4), squeeze=False, sharey=True)
+    for ax, model in zip(axes[0], models, strict=True):
+        for c in sorted((c for c in cells if c["model"] == model), key=lambda c: (c["label"], c["prompt_length"])):
+            style = "-" if c["label"] == "auto" else ":"
+            ax.plot(range(1, len(c["losses"]) + 1), c["losses"], style, lw=1,
+                    label=f"P={c['prompt_length']} {c['label']} (lr {c['lr']:.3g}, jump {c['largest_jump']:.2f})")
+        ax.set_title(model)
+        ax.set_xlabel("step")
+        ax.legend(fontsize=6)
+    axes[0][0].set_ylabel("training loss (nats)")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", nargs="+", default=["smollm2-135m", "gemma3-270m", "qwen2.5-0.5b", "qwen2.5-1.5b"])
+    ap.add_argument("--prompt-lengths", nargs="+", type=int, default=[5, 20, 50, 100])
+    ap.add_argument("--steps", type=int, default=100)
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--lr", default="auto", help="'auto' or a number")
+    ap.add_argument("--label", default="auto", help="name of this lr setting in the cell files (auto, paper, ...)")
+    ap.add_argument("--init", default="class-label")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--data-dir", type=Path, default=None)
+    ap.add_argument("--summary-only", action="store_true")
+    ap.add_argument("--plot", type=Path, default=None, help="also draw the loss curves to this PNG")
+    ap.add_argument("--no-progress", action="store_true")
+    args = ap.parse_args()
+    if not args.summary_only:
+        import torch
+
+        from softprompt.backbone import load_backbone
+        from softprompt.promptfile import atomic_write
+        from softprompt.tasks import get_task
+
+        torch.set_num_threads(args.threads)
+        task = get_task("sst2")
+        train = task.examples("train", args.data_dir)
+        CELLS.mkdir(parents=True, exist_ok=True)
+        for model in args.models:
+            todo = [p for p in args.prompt_lengths if not (CELLS / f"{model}_P{p}_{args.label}.json").is_file()]
+            if not todo:
+                continue
+            backbone = load_backbone(model)
+            for p in todo:
+                cell = run_cell(model, p, args, backbone, task, train)
+                atomic_write(CELLS / f"{model}_P{p}_{args.label}.json",
+                             lambda tmp, cell=cell: Path(tmp).write_text(json.dumps(cell, indent=1) + "\n"))
+                print(f"{model} P={p} {args.label}: lr {cell['lr']:.4g}, largest jump {cell['largest_jump']:.3f} "
+                      f"nats, {cell['seconds_per_step']:.2f} s/step", flush=True)
+            del backbone
+    summary = summarize()
+    if args.plot:
+        plot(args.plot)
+    print(json.dumps({k: v for k, v in summary.items() if k != "runs"}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,78 @@
+"""The scale-aware default step size (``lr auto``) and the named ``paper`` recipe."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from softprompt.cli import main
+from softprompt.configfile import ConfigError, build
+from softprompt.promptfile import load_prompt
+from softprompt.trainer import AUTO_LR_SCALE, RECIPES, TrainConfig, make_optimizer, resolve_lr, train_prompt
+from tests.conftest import tiny_backbone
+from tests.test_trainer import toy_task
+
+
+def test_auto_is_the_default_and_scales_with_the_embeddings() -> None:
+    assert TrainConfig().lr == "auto"
+    bb = tiny_backbone("llama")
+    base = resolve_lr(TrainConfig(), bb)
+    assert base == pytest.approx(AUTO_LR_SCALE * bb.embedding_std())
+    with torch.no_grad():
+        bb.model.get_input_embeddings().weight.mul_(10)
+    assert resolve_lr(TrainConfig(), bb) == pytest.approx(10 * base, rel=1e-4)
+    assert resolve_lr(TrainConfig(lr=0.3), bb) == 0.3  # a number is used as given
+
+
+def test_gemma_auto_lr_uses_the_consumed_scale() -> None:
+    """Gemma scales its embeddings by sqrt(H) inside the embedding module: the rule reads the consumed values."""
+    bb = tiny_backbone("gemma3")
+    raw_std = float(bb.model.get_input_embeddings().weight.std())
+    assert resolve_lr(TrainConfig(), bb) > 2 * AUTO_LR_SCALE * raw_std  # sqrt(32) ≈ 5.7 × the stored rows
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0, "fast"])
+def test_bad_lr_is_refused(bad: object) -> None:
+    with pytest.raises(ValueError, match="lr"):
+        TrainConfig(lr=bad)  # type: ignore[arg-type]
+
+
+def test_yaml_config_takes_auto_or_a_number() -> None:
+    assert build(TrainConfig, {"lr": "auto"}, "pt").lr == "auto"
+    assert build(TrainConfig, {"lr": 0.3}, "pt").lr == 0.3
+    with pytest.raises(ConfigError):
+        build(TrainConfig, {"lr": "quick"}, "pt")
+
+
+def test_optimizer_needs_a_resolved_number() -> None:
+    param = torch.nn.Parameter(torch.zeros(3))
+    assert make_optimizer(TrainConfig(), [param], 0.05).param_groups[0]["lr"] == 0.05
+    assert make_optimizer(TrainConfig(lr=0.2), [param]).param_groups[0]["lr"] == 0.2
+
+
+def test_the_run_records_the_resolved_lr(tmp_path: Path) -> None:
+    bb = tiny_backbone("llama")
+    task = toy_task(tmp_path)
+    out = tmp_path / "p.safetensors"
+    train_prompt(bb, task, task.examples("train"), TrainConfig(steps=2, batch_size=4, prompt_length=2,
+                                                               eval_every=0), out, progress=False)
+    meta = load_prompt(out).meta
+    assert meta.train_config["lr"] == "auto"
+    assert meta.metrics["lr"] == pytest.approx(resolve_lr(TrainConfig(), bb))
+
+
+def test_cli_recipe_paper_and_explicit_lr(tmp_path: Path, tiny_dirs: dict[str, Path], capsys) -> None:
+    task = toy_task(tmp_path)
+    common = ["train", "--model", str(tiny_dirs["llama"]), "--task", task.spec.train, "--template", "{text} ->",
+              "--verbalizer", '{"0": " no", "1": " yes"}', "--steps", "1", "--batch-size", "2",
+              "--prompt-length", "2", "--no-eval", "--no-progress", "--json"]
+    assert main([*common, "--out", str(tmp_path / "a.safetensors"), "--recipe", "paper"]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["lr"] == RECIPES["paper"]["lr"]
+    assert main([*common, "--out", str(tmp_path / "b.safetensors"), "--recipe", "paper", "--lr", "0.05"]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["lr"] == 0.05
+    with pytest.raises(SystemExit) as exc:
+        main([*common, "--out", str(tmp_path / "c.safetensors"), "--lr", "zero"])
+    assert exc.value.code == 2
