@@ -32,6 +32,7 @@ from softprompt.init import init_prompt
 from softprompt.precision import grad_scaler
 from softprompt.prompted import PromptedModel
 from softprompt.promptfile import PromptMeta, atomic_write, save_prompt
+from softprompt.steploss import backward_step
 from softprompt.tasks.base import Example, Task
 
 if TYPE_CHECKING:
@@ -193,8 +194,6 @@ def train_prompt(
         optimizer.load_state_dict(ckpt.optimizer_state)
     scaler = grad_scaler(backbone.model)
     log = _Log(out, state.step) if main else None
-    rows_per_micro = config.batch_size // config.grad_accum // (1 if dist is None else dist.world_size)
-    zero = torch.zeros(rows_per_micro, dtype=torch.long)
     add_eos = task.kind == "generation"
     bar = tqdm(total=config.steps, initial=state.step, desc=f"train {task.name}", unit="step",
                disable=not (progress and main))
@@ -203,23 +202,16 @@ def train_prompt(
         for step in range(state.step, config.steps):
             t0 = time.perf_counter()
             optimizer.zero_grad(set_to_none=True)
-            total = 0.0
+            batches = []
             for micro in range(config.grad_accum):
                 indices = batch_indices(len(train_examples), config.seed, step, micro, config)
                 if dist is not None:
                     indices = dist.shard(indices)
                 rows = [train_examples[i] for i in indices]
-                batch = make_batch(backbone.tokenizer, [e.input for e in rows], [e.target for e in rows],
-                                   encoder_decoder=backbone.is_encoder_decoder, add_eos=add_eos,
-                                   max_input_tokens=config.max_input_tokens)
-                if dist is None:
-                    loss = pm.loss(batch, zero) / config.grad_accum
-                else:
-                    loss = dist.loss_share(pm, batch, zero) / config.grad_accum
-                (loss if scaler is None else scaler.scale(loss)).backward()
-                total += loss.item()
-            if dist is not None:
-                total = dist.sync_grads([pm.bank.weight], total)
+                batches.append(make_batch(backbone.tokenizer, [e.input for e in rows], [e.target for e in rows],
+                                          encoder_decoder=backbone.is_encoder_decoder, add_eos=add_eos,
+                                          max_input_tokens=config.max_input_tokens))
+            total = backward_step(pm, batches, scaler=scaler, dist=dist)
             if scaler is None:
                 optimizer.step()
             else:  # skips the step (and lowers the scale) when fp16 gradients overflowed
