@@ -68,6 +68,8 @@ class TrainConfig:
     """steps between resume checkpoints"""
     max_input_tokens: int = 256
     log_every: int = 1
+    loss_scale_growth_interval: int = 2000
+    """fp16 only: steps without an overflow before the loss scale doubles (torch.amp.GradScaler's default)"""
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1 or self.grad_accum < 1 or self.prompt_length < 0:
@@ -76,6 +78,8 @@ class TrainConfig:
             raise ValueError(f"batch_size {self.batch_size} is not divisible by grad_accum {self.grad_accum}")
         if self.lr <= 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.loss_scale_growth_interval < 1:
+            raise ValueError(f"loss_scale_growth_interval must be >= 1, got {self.loss_scale_growth_interval}")
 
 
 @dataclass
@@ -176,8 +180,10 @@ def train_prompt(
     best_prompt = None
     if resume and ckpt_path.is_file():
         ckpt = load_checkpoint(ckpt_path)
+        # A setting the checkpoint lacks is newer than the checkpoint; its default is the behaviour it ran with.
+        defaults = asdict(TrainConfig())
         differs = {k for k in config_dict if k not in ("steps", "eval_every", "save_every", "log_every")
-                   and ckpt.config.get(k) != config_dict[k]}
+                   and ckpt.config.get(k, defaults[k]) != config_dict[k]}
         if differs:
             raise ValueError(f"--resume with settings that differ from the checkpoint's: {sorted(differs)}")
         prompt0, state, best_prompt = ckpt.prompt, ckpt.state, ckpt.best_prompt
@@ -192,7 +198,9 @@ def train_prompt(
     optimizer = make_optimizer(config, [pm.bank.weight])
     if ckpt is not None:
         optimizer.load_state_dict(ckpt.optimizer_state)
-    scaler = grad_scaler(backbone.model)
+    scaler = grad_scaler(backbone.model, config.loss_scale_growth_interval)
+    if scaler is not None and ckpt is not None and ckpt.scaler_state is not None:
+        scaler.load_state_dict(ckpt.scaler_state)
     log = _Log(out, state.step) if main else None
     add_eos = task.kind == "generation"
     bar = tqdm(total=config.steps, initial=state.step, desc=f"train {task.name}", unit="step",
@@ -236,7 +244,8 @@ def train_prompt(
                                                     if last_eval else {}))
             bar.update(1)
             if main and (state.step % config.save_every == 0 or final):
-                save_checkpoint(ckpt_path, pm.bank.weight[0], best_prompt, optimizer, state, config_dict)
+                save_checkpoint(ckpt_path, pm.bank.weight[0], best_prompt, optimizer, state, config_dict,
+                                scaler)
     finally:
         bar.close()
         if log is not None:
