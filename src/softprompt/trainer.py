@@ -8,7 +8,8 @@ Files beside ``out`` (``x.safetensors``): ``x.ckpt.safetensors`` (resume state),
 per logged step or eval) and ``x.tb/`` (TensorBoard events).
 
 Several processes (``dist``, see :mod:`softprompt.distributed`) split each step's rows and sum the prompt's gradient;
-only the main process writes files. An fp16 backbone trains with a dynamic loss scale (:mod:`softprompt.precision`).
+only the main process writes files. An fp16 backbone trains with a dynamic loss scale (:mod:`softprompt.precision`),
+checkpointed with the rest. A step's loss is the mean over all its target tokens (:mod:`softprompt.steploss`).
 """
 
 from __future__ import annotations
