@@ -92,39 +92,48 @@ def test_in_process_resume_equals_uninterrupted(tmp_path: Path) -> None:
                      progress=False)
 
 
-def _train_cmd(model: Path, data: Path, out: Path, steps: int) -> list[str]:
+def _train_cmd(model: Path, data: Path, out: Path, steps: int, *extra: str) -> list[str]:
     return [sys.executable, "-m", "softprompt", "train", "--model", str(model), "--task", str(data),
             "--template", "{text} ->", "--verbalizer", '{"0": " no", "1": " yes"}', "--out", str(out),
             "--steps", str(steps), "--batch-size", "4", "--prompt-length", "3", "--save-every", "1", "--no-eval",
-            "--no-progress", "--seed", "5", "--resume", "--json"]
+            "--no-progress", "--seed", "5", "--resume", "--json", *extra]
 
 
-def test_sigkill_then_resume_equals_uninterrupted(tmp_path: Path, tiny_dirs: dict[str, Path]) -> None:
+# fp16: the loss scale doubles every 2 overflow-free steps, so within 20 steps it grows into overflows (skipped
+# steps) several times; a resumed run that restarted the scaler would skip other steps.
+FP16 = ("--precision", "fp16", "--loss-scale-growth-interval", "2")
+
+
+@pytest.mark.parametrize("extra", [(), FP16], ids=["fp32", "fp16"])
+def test_sigkill_then_resume_equals_uninterrupted(tmp_path: Path, tiny_dirs: dict[str, Path],
+                                                  extra: tuple[str, ...]) -> None:
     toy_task(tmp_path)
     data, model = tmp_path / "toy.jsonl", tiny_dirs["llama"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT / "src")}
     steps = 20
-    subprocess.run(_train_cmd(model, data, tmp_path / "full.safetensors", steps), check=True, env=env,
+    subprocess.run(_train_cmd(model, data, tmp_path / "full.safetensors", steps, *extra), check=True, env=env,
                    capture_output=True)
     killed = tmp_path / "killed.safetensors"
     ckpt = killed.with_suffix(".ckpt.safetensors")
-    proc = subprocess.Popen(_train_cmd(model, data, killed, steps), env=env, stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen(_train_cmd(model, data, killed, steps, *extra), env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
         if ckpt.is_file():
             try:
-                if load_checkpoint(ckpt).state.step >= 3:
+                if load_checkpoint(ckpt).state.step >= 4:  # fp16: past the scaler state a fresh one has
                     break
             except ValueError:
                 pass
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    step = load_checkpoint(ckpt).state.step
-    assert 0 < step < steps, "the run should have been killed mid-way"
+    at_kill = load_checkpoint(ckpt)
+    assert 0 < at_kill.state.step < steps, "the run should have been killed mid-way"
     assert not killed.exists()
-    done = subprocess.run(_train_cmd(model, data, killed, steps), check=True, env=env, capture_output=True,
+    if extra == FP16:  # the scaler's state at the kill is not a fresh scaler's, so restoring it is what is tested
+        assert at_kill.scaler_state not in (None, torch.amp.GradScaler("cpu", growth_interval=2).state_dict())
+    done = subprocess.run(_train_cmd(model, data, killed, steps, *extra), check=True, env=env, capture_output=True,
                           text=True)
     assert json.loads(done.stdout.strip().splitlines()[-1])["steps"] == steps
     assert torch.equal(load_prompt(killed).prompt, load_prompt(tmp_path / "full.safetensors").prompt)

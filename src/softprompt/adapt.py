@@ -27,6 +27,7 @@ from softprompt.batching import Batch
 from softprompt.model_tuning import save_model_folder, unfrozen_copy
 from softprompt.prompted import PromptedModel
 from softprompt.splice import IGNORE_INDEX
+from softprompt.steploss import backward_step
 from softprompt.trainer import TrainConfig, batch_indices, make_optimizer
 
 
@@ -110,7 +111,6 @@ def adapt_lm(backbone: Backbone, text: str, config: AdaptConfig, out: Path | Non
     model = unfrozen_copy(backbone)
     pm = PromptedModel(model, PromptBank(torch.zeros(1, 0, model.hidden_size)))
     optimizer = make_optimizer(tc, list(model.model.parameters()))
-    zero = torch.zeros(config.batch_size, dtype=torch.long)
     losses: list[float] = []
     t0 = time.perf_counter()
     for step in tqdm(range(config.steps), desc="adapt", unit="step", disable=not progress):
@@ -118,10 +118,8 @@ def adapt_lm(backbone: Backbone, text: str, config: AdaptConfig, out: Path | Non
         # The split points are a pure function of (seed, step), like the batches.
         batch = prefix_lm_batch(rows, config.seed * 1_000_003 + step, int(tok.eos_token_id), int(tok.pad_token_id))
         optimizer.zero_grad(set_to_none=True)
-        loss = pm.loss(batch, zero)
-        loss.backward()
+        losses.append(backward_step(pm, [batch]))
         optimizer.step()
-        losses.append(loss.item())
     for p in model.model.parameters():
         p.requires_grad_(False)
     if out is not None:

@@ -1,5 +1,7 @@
 """Training checkpoints as safetensors (no pickle): tensors for the prompt, the best prompt and the optimizer
-state; JSON for everything else. Written atomically, so a SIGKILL leaves the previous checkpoint intact."""
+state; JSON for everything else, including an fp16 run's loss scaler (its scale and growth tracker decide whether
+the next steps are taken or skipped, so a resumed run without them is not the run it continues). Written
+atomically, so a SIGKILL leaves the previous checkpoint intact."""
 
 from __future__ import annotations
 
@@ -51,13 +53,16 @@ def _unflatten_optimizer(tensors: dict[str, Tensor], info: dict[str, Any]) -> di
 
 
 def save_checkpoint(path: Path, prompt: Tensor, best_prompt: Tensor | None, optimizer: torch.optim.Optimizer,
-                    state: TrainState, config: dict[str, Any]) -> None:
+                    state: TrainState, config: dict[str, Any], scaler: torch.amp.GradScaler | None = None) -> None:
+    """Write the resume state; ``scaler`` (fp16) is saved after its ``update()``, as the next step will find it."""
     tensors, opt_info = _flatten_optimizer(optimizer.state_dict())
     tensors["prompt"] = prompt.detach().cpu().contiguous()
     if best_prompt is not None:
         tensors["best_prompt"] = best_prompt.detach().cpu().contiguous()
     meta = {"state": json.dumps(state.__dict__), "optimizer": json.dumps(opt_info),
             "config": json.dumps(config, sort_keys=True)}
+    if scaler is not None:  # its state_dict is Python floats and ints
+        meta["scaler"] = json.dumps(scaler.state_dict())
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
 
 
@@ -68,6 +73,7 @@ class Checkpoint:
     optimizer_state: dict[str, Any]
     state: TrainState
     config: dict[str, Any]
+    scaler_state: dict[str, Any] | None = None  # GradScaler.state_dict() of an fp16 run
 
 
 def load_checkpoint(path: Path) -> Checkpoint:
@@ -84,4 +90,5 @@ def load_checkpoint(path: Path) -> Checkpoint:
         optimizer_state=_unflatten_optimizer(opt, json.loads(meta["optimizer"])),
         state=TrainState(**json.loads(meta["state"])),
         config=json.loads(meta["config"]),
+        scaler_state=json.loads(meta["scaler"]) if "scaler" in meta else None,
     )

@@ -6,9 +6,10 @@ Notation: W processes (world size), b rows per process, B = W × b rows per micr
 Design: every process holds the whole ``[P, H]`` prompt and the same optimizer state. A step's rows come from
 :func:`softprompt.trainer.batch_indices` exactly as in one process; process r takes the r-th contiguous block of
 them. Each process computes its share of the *global* mean loss (its summed target NLL over the target-token count
-of all processes), the prompt's gradient is summed across processes, and every process takes the same optimizer
-step. So W processes × b rows follow the same trajectory as 1 process × W·b rows (up to float summation order), a
-run may resume on a different number of processes, and ``TrainConfig.batch_size`` always means the global batch.
+of all processes and micro-batches: :func:`softprompt.steploss.backward_step`), the prompt's gradient is summed
+across processes, and every process takes the same optimizer step. So W processes × b rows follow the same
+trajectory as 1 process × W·b rows (up to float summation order), a run may resume on a different number of
+processes, and ``TrainConfig.batch_size`` always means the global batch.
 
 Alternatives rejected: DDP (it wraps a module whose parameters all train; here only one small tensor does, so one
 ``all_reduce`` is the whole of it) and ``Accelerator.prepare`` of the backbone (it would wrap the frozen model for
@@ -25,8 +26,6 @@ import torch.distributed as tdist
 from torch import Tensor, nn
 
 from softprompt.backbone import Backbone
-from softprompt.batching import Batch
-from softprompt.prompted import PromptedModel
 
 # Environment variables that `accelerate launch --use_fsdp` (or an accelerate config with FSDP) sets.
 ACCELERATE_FSDP_ENV = "ACCELERATE_USE_FSDP"
@@ -92,16 +91,6 @@ class DistContext:
         if tdist.is_initialized():
             tdist.barrier()
             tdist.destroy_process_group()
-
-    def loss_share(self, pm: PromptedModel, batch: Batch, prompt_index: Tensor) -> Tensor:
-        """This process's share of the global mean target NLL: its summed NLL / every process's token count.
-
-        The shares sum to the loss one process computes on all B rows, so summing gradients gives its gradient
-        even when target lengths differ between processes (a mean of per-process means would not).
-        """
-        logp, mask = pm.target_logprobs(batch, prompt_index)
-        count = self.all_reduce_sum(mask.sum().to(torch.float32))
-        return -logp.sum() / count.clamp(min=1)
 
     def sync_grads(self, params: list[nn.Parameter], loss: float) -> float:
         """Sum the prompt's gradients (and the logged loss) over processes; returns the global loss."""

@@ -34,6 +34,7 @@ from softprompt.batching import make_batch
 from softprompt.evaluate import evaluate
 from softprompt.methods import count_parameters
 from softprompt.prompted import PromptedModel
+from softprompt.steploss import backward_step
 from softprompt.tasks.base import Example, Task
 from softprompt.trainer import TrainConfig, batch_indices, make_optimizer
 
@@ -121,7 +122,6 @@ def tune_model(
     tuned = unfrozen_copy(backbone)
     pm = PromptedModel(tuned, PromptBank(torch.zeros(1, 0, tuned.hidden_size)))
     optimizer = make_optimizer(tc, list(tuned.model.parameters()))
-    zero = torch.zeros(config.batch_size // config.grad_accum, dtype=torch.long)
     add_eos = task.kind == "generation"
     n_params = count_parameters(tuned.model)
     losses: list[float] = []
@@ -134,15 +134,13 @@ def tune_model(
     try:
         for step in range(config.steps):
             optimizer.zero_grad(set_to_none=True)
-            total = 0.0
+            batches = []
             for micro in range(config.grad_accum):
                 rows = [train_examples[i] for i in batch_indices(len(train_examples), config.seed, step, micro, tc)]
-                batch = make_batch(tuned.tokenizer, [e.input for e in rows], [e.target for e in rows],
-                                   encoder_decoder=tuned.is_encoder_decoder, add_eos=add_eos,
-                                   max_input_tokens=config.max_input_tokens)
-                loss = pm.loss(batch, zero) / config.grad_accum
-                loss.backward()
-                total += loss.item()
+                batches.append(make_batch(tuned.tokenizer, [e.input for e in rows], [e.target for e in rows],
+                                          encoder_decoder=tuned.is_encoder_decoder, add_eos=add_eos,
+                                          max_input_tokens=config.max_input_tokens))
+            total = backward_step(pm, batches)
             optimizer.step()
             losses.append(total)
             done = step + 1

@@ -47,11 +47,15 @@ def backbone_dtype(model: nn.Module) -> torch.dtype:
     return next(model.parameters()).dtype
 
 
-def grad_scaler(model: nn.Module) -> torch.amp.GradScaler | None:
-    """A dynamic loss scaler when the backbone holds fp16 weights (None otherwise: fp32 and bf16 need none)."""
+def grad_scaler(model: nn.Module, growth_interval: int = 2000) -> torch.amp.GradScaler | None:
+    """A dynamic loss scaler when the backbone holds fp16 weights (None otherwise: fp32 and bf16 need none).
+
+    The scale halves at every step whose gradients overflow (the step is skipped) and doubles after
+    ``growth_interval`` steps in a row without one.
+    """
     if backbone_dtype(model) != torch.float16:
         return None
-    return torch.amp.GradScaler(next(model.parameters()).device.type)
+    return torch.amp.GradScaler(next(model.parameters()).device.type, growth_interval=growth_interval)
 
 
 def enable_gradient_checkpointing(model: nn.Module) -> int:

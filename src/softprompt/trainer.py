@@ -10,7 +10,8 @@ Files beside ``out`` (``x.safetensors``): ``x.ckpt.safetensors`` (resume state),
 per logged step or eval) and ``x.tb/`` (TensorBoard events).
 
 Several processes (``dist``, see :mod:`softprompt.distributed`) split each step's rows and sum the prompt's gradient;
-only the main process writes files. An fp16 backbone trains with a dynamic loss scale (:mod:`softprompt.precision`).
+only the main process writes files. An fp16 backbone trains with a dynamic loss scale (:mod:`softprompt.precision`),
+checkpointed with the rest. A step's loss is the mean over all its target tokens (:mod:`softprompt.steploss`).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from softprompt.init import init_prompt
 from softprompt.precision import grad_scaler
 from softprompt.prompted import PromptedModel
 from softprompt.promptfile import PromptMeta, atomic_write, save_prompt
+from softprompt.steploss import backward_step
 from softprompt.tasks.base import Example, Task
 
 if TYPE_CHECKING:
@@ -70,6 +72,8 @@ class TrainConfig:
     """steps between resume checkpoints"""
     max_input_tokens: int = 256
     log_every: int = 1
+    loss_scale_growth_interval: int = 2000
+    """fp16 only: steps without an overflow before the loss scale doubles (torch.amp.GradScaler's default)"""
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1 or self.grad_accum < 1 or self.prompt_length < 0:
@@ -78,6 +82,8 @@ class TrainConfig:
             raise ValueError(f"batch_size {self.batch_size} is not divisible by grad_accum {self.grad_accum}")
         if self.lr != "auto" and (isinstance(self.lr, str) or self.lr <= 0):
             raise ValueError(f"lr must be a number > 0 or 'auto', got {self.lr!r}")
+        if self.loss_scale_growth_interval < 1:
+            raise ValueError(f"loss_scale_growth_interval must be >= 1, got {self.loss_scale_growth_interval}")
 
 
 @dataclass
@@ -202,8 +208,10 @@ def train_prompt(
     best_prompt = None
     if resume and ckpt_path.is_file():
         ckpt = load_checkpoint(ckpt_path)
+        # A setting the checkpoint lacks is newer than the checkpoint; its default is the behaviour it ran with.
+        defaults = asdict(TrainConfig())
         differs = {k for k in config_dict if k not in ("steps", "eval_every", "save_every", "log_every")
-                   and ckpt.config.get(k) != config_dict[k]}
+                   and ckpt.config.get(k, defaults[k]) != config_dict[k]}
         if differs:
             raise ValueError(f"--resume with settings that differ from the checkpoint's: {sorted(differs)}")
         prompt0, state, best_prompt = ckpt.prompt, ckpt.state, ckpt.best_prompt
@@ -219,10 +227,10 @@ def train_prompt(
     optimizer = make_optimizer(config, [pm.bank.weight], lr)
     if ckpt is not None:
         optimizer.load_state_dict(ckpt.optimizer_state)
-    scaler = grad_scaler(backbone.model)
+    scaler = grad_scaler(backbone.model, config.loss_scale_growth_interval)
+    if scaler is not None and ckpt is not None and ckpt.scaler_state is not None:
+        scaler.load_state_dict(ckpt.scaler_state)
     log = _Log(out, state.step) if main else None
-    rows_per_micro = config.batch_size // config.grad_accum // (1 if dist is None else dist.world_size)
-    zero = torch.zeros(rows_per_micro, dtype=torch.long)
     add_eos = task.kind == "generation"
     bar = tqdm(total=config.steps, initial=state.step, desc=f"train {task.name}", unit="step",
                disable=not (progress and main))
@@ -231,23 +239,16 @@ def train_prompt(
         for step in range(state.step, config.steps):
             t0 = time.perf_counter()
             optimizer.zero_grad(set_to_none=True)
-            total = 0.0
+            batches = []
             for micro in range(config.grad_accum):
                 indices = batch_indices(len(train_examples), config.seed, step, micro, config)
                 if dist is not None:
                     indices = dist.shard(indices)
                 rows = [train_examples[i] for i in indices]
-                batch = make_batch(backbone.tokenizer, [e.input for e in rows], [e.target for e in rows],
-                                   encoder_decoder=backbone.is_encoder_decoder, add_eos=add_eos,
-                                   max_input_tokens=config.max_input_tokens)
-                if dist is None:
-                    loss = pm.loss(batch, zero) / config.grad_accum
-                else:
-                    loss = dist.loss_share(pm, batch, zero) / config.grad_accum
-                (loss if scaler is None else scaler.scale(loss)).backward()
-                total += loss.item()
-            if dist is not None:
-                total = dist.sync_grads([pm.bank.weight], total)
+                batches.append(make_batch(backbone.tokenizer, [e.input for e in rows], [e.target for e in rows],
+                                          encoder_decoder=backbone.is_encoder_decoder, add_eos=add_eos,
+                                          max_input_tokens=config.max_input_tokens))
+            total = backward_step(pm, batches, scaler=scaler, dist=dist)
             if scaler is None:
                 optimizer.step()
             else:  # skips the step (and lowers the scale) when fp16 gradients overflowed
@@ -272,7 +273,8 @@ def train_prompt(
                                                     if last_eval else {}))
             bar.update(1)
             if main and (state.step % config.save_every == 0 or final):
-                save_checkpoint(ckpt_path, pm.bank.weight[0], best_prompt, optimizer, state, config_dict)
+                save_checkpoint(ckpt_path, pm.bank.weight[0], best_prompt, optimizer, state, config_dict,
+                                scaler)
     finally:
         bar.close()
         if log is not None:

@@ -59,6 +59,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--precision", choices=PRECISIONS, default=None,
                    help="backbone weights dtype; the prompt stays fp32 (default: accelerate's --mixed_precision, "
                         "else fp32)")
+    p.add_argument("--loss-scale-growth-interval", type=int, default=d.loss_scale_growth_interval,
+                   help="fp16: steps without an overflow before the loss scale doubles")
     p.add_argument("--gradient-checkpointing", action="store_true",
                    help="recompute block activations in backward (less memory, ~1 extra forward)")
     p.add_argument("--fsdp", action="store_true",
@@ -94,7 +96,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
                        prompt_length=args.prompt_length, init=args.init, init_text=args.init_text,
                        **_optimizer_args(args, TrainConfig()), seed=args.seed,
                        eval_every=args.eval_every, eval_limit=args.eval_limit, save_every=args.save_every,
-                       max_input_tokens=args.max_input_tokens)
+                       max_input_tokens=args.max_input_tokens,
+                       loss_scale_growth_interval=args.loss_scale_growth_interval)
 
 
 def parse_seeds(text: str) -> list[int]:
