@@ -98,7 +98,7 @@ class TrainResult:
 # 0.3 suits T5, whose embeddings are large; smollm2's consumed embeddings have std 0.14 (0.3 made its loss spike),
 # Gemma 3's ~1.0 (0.3 trains well), Qwen 2.5's ~0.02 (0.3 diverged). The constant was chosen on smollm2 and
 # validated on all four built-in models × P in {5, 20, 50, 100} by bench/lr_bench.py (bench/results/lr_auto_cpu.json).
-AUTO_LR_SCALE = 0.5
+AUTO_LR_SCALE = 0.2
 
 # Named recipes: settings a user asks for by name (``softprompt train --recipe paper``).
 RECIPES: dict[str, dict[str, Any]] = {
