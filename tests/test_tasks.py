@@ -324,3 +324,40 @@ def test_cli_tasks_json_marks_missing_data(capsys: pytest.CaptureFixture[str], t
     assert [t["name"] for t in result["tasks"]] == list(TASKS)
     assert all(not here for t in result["tasks"] for here in t["splits"].values())
     assert next(t for t in result["tasks"] if t["name"] == "multirc")["metrics"] == ["f1a", "exact_match"]
+
+
+# --- limits and the selection slice never split a group ---------------------------------------------------------
+
+
+def multirc_rows(questions: int, options: int) -> list[str]:
+    """One MultiRC paragraph with ``questions`` questions of ``options`` answer options each."""
+    qs = [{"question": f"Q{q}?", "idx": q, "answers": [{"text": f"A{q}.{a}", "idx": a, "label": a % 2}
+                                                       for a in range(options)]} for q in range(questions)]
+    return [json.dumps({"idx": 0, "passage": {"text": "P.", "questions": qs}})]
+
+
+def test_multirc_limit_keeps_whole_questions(tmp_path: Path) -> None:
+    task = get_task("multirc")
+    write_split(tmp_path, task, "validation", multirc_rows(questions=3, options=4))
+    for limit, n in [(1, 4), (4, 4), (5, 8), (11, 12), (100, 12), (0, 0)]:
+        examples = task.examples("validation", tmp_path, limit=limit)
+        assert len(examples) == n, limit
+        assert Counter(e.meta["group"] for e in examples) == {f"0/{q}": 4 for q in range(n // 4)}
+    # Exact match scores whole questions: all of a limited set's options right is one question right per group.
+    examples = task.examples("validation", tmp_path, limit=5)
+    assert task.metrics([e.target for e in examples], examples)["exact_match"] == 1.0
+
+
+@pytest.mark.parametrize("name", ["multirc", "record", "squad", "relation_extraction"])
+def test_limits_cut_at_group_boundaries_on_real_data(name: str, data_dir: Path) -> None:
+    task = TASKS[name]()
+    assert {n for n, cls in TASKS.items() if cls.group_key} == {"multirc", "record", "squad", "relation_extraction"}
+    split = "train" if "train" in task.splits else "validation"
+    everything = read(name, split, data_dir)
+    sizes = Counter(e.meta[task.group_key] for e in everything)
+    for limit in (1, 7, 50, 201):
+        examples = task.examples(split, data_dir, limit=limit)
+        assert len(examples) >= min(limit, len(everything)), (name, limit)
+        assert examples == everything[:len(examples)]
+        assert Counter(e.meta[task.group_key] for e in examples) == {g: sizes[g] for g in
+                                                                     {e.meta[task.group_key] for e in examples}}
