@@ -13,6 +13,7 @@ from softprompt.configfile import ConfigError
 from softprompt.experiment import run_experiment
 from softprompt.grid import cells, load_config
 from softprompt.report import write_report
+from softprompt.tasks.selection import SELECTION_SEED
 from softprompt.tiny import save_tiny
 from tests.toytask import write_task
 
@@ -74,6 +75,7 @@ def test_sweep_runs_resumes_and_reports(sweep_dir: Path, tmp_path: Path, capsys:
     record = json.loads((config.out_dir / "cells" / f"{first.ran[0]}.json").read_text())
     for key in ("cell", "model", "metrics", "score", "seconds", "trainable_params", "versions", "config"):
         assert key in record, key
+    assert record["selection"] == {}  # the grid default (eval_every 0): nothing selected, the last step kept
     by_method = {}
     for cell_file in (config.out_dir / "cells").glob("*.json"):
         r = json.loads(cell_file.read_text())
@@ -113,7 +115,11 @@ def test_cli_rerun_trains_nothing(sweep_dir: Path, tmp_path: Path, capsys: pytes
     again = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert again["ran"] == 0 and again["skipped"] == 2
     tuned = json.loads(next((tmp_path / "results" / "cli" / "cells").glob("*prompt-tuning*.json")).read_text())
-    assert tuned["train"]["best_step"] in (1, 2)  # eval_every > 0: the best step on the train task's validation
+    assert tuned["train"]["best_step"] in (1, 2)  # eval_every > 0: the best step, chosen on the selection slice
+    # ... held out from the train task's train split (24 rows: 12 held out, eval_limit 4 of them scored), while the
+    # cell reports its eval split: the two never share examples.
+    assert tuned["selection"] == {"split": "train", "size": 12, "seed": SELECTION_SEED, "limit": 4, "examples": 4}
+    assert tuned["eval"]["split"] == "validation" and "best_selection_accuracy" in tuned["train"]
 
 
 @pytest.mark.parametrize(("override", "message"), [
