@@ -184,3 +184,23 @@ def test_reuse_copies_only_cells_with_the_same_settings(sweep_dir: Path, tmp_pat
     d = load_config(write_config(tmp_path / "d.yaml", {**base, "name": "d", "reuse": ["a"],
                                                         "methods": ["prompt-design"], "eval": {"limit": 5}}))
     assert not run_experiment(d, log=lambda _: None).reused
+
+
+def test_results_page_marks_scores_selected_on_the_split_they_report() -> None:
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    from write_results_md import mark, selection_kind, selection_line
+
+    def cell(method: str = "prompt-tuning", eval_every: int = 0, train: str = "cb", **extra: object) -> dict:
+        return {"method": method, "config": {"eval_every": eval_every, "steps": 30},
+                "cell": {"train_task": train, "eval_task": "cb"}, "eval": {"split": "validation"}, **extra}
+
+    old_dev = cell(eval_every=10)  # a grid before the slice: best step on cb's validation, reported on it too
+    assert selection_kind(old_dev) == "reported split" and mark(old_dev) == "†"
+    assert selection_kind(cell(eval_every=10, train="rte")) == "train task's validation"
+    assert selection_kind(cell(eval_every=30)) == "none"  # one eval, after the last step
+    assert selection_kind(cell(eval_every=10, selection={"split": "train", "size": 32})) == "train slice"
+    assert selection_kind(cell(selection={})) == selection_kind(cell("prompt-design")) == "none"
+    line = selection_line([old_dev, cell()])
+    assert "marked †" in line and "1 of 2" in line
