@@ -40,12 +40,16 @@ def train_lines(data: Path, tasks: list[str]) -> list[str]:
     out = []
     for task in tasks:
         runs = [json.loads(line) for line in (data / f"train_{task}.jsonl").read_text().splitlines() if line.strip()]
-        metric = next(k for k in runs[0] if k.startswith("best_val_"))
+        # Runs of this version record best_selection_* (the slice held out from train); older runs best_val_*, a
+        # score on the first --eval-limit validation examples.
+        metric = next(k for k in runs[0] if k.startswith(("best_selection_", "best_val_")))
+        name, where = (metric.removeprefix("best_selection_"), "the selection slice held out from train") \
+            if metric.startswith("best_selection_") else \
+            (metric.removeprefix("best_val_"), "the first validation examples (an older run)")
         vals = ", ".join(pct(r[metric]) for r in runs)
         secs = sum(r["seconds"] for r in runs)
-        out.append(f"- {task}: {runs[0]['steps']} steps per seed; {metric.removeprefix('best_val_')} on the "
-                   f"training-time validation slice after the last step: {vals}; {secs / 60:.1f} min of training for "
-                   f"the 5 seeds.")
+        out.append(f"- {task}: {runs[0]['steps']} steps per seed; {name} of the kept step on {where}: {vals}; "
+                   f"{secs / 60:.1f} min of training for the 5 seeds.")
     return out
 
 

@@ -1,8 +1,9 @@
 """The main job: prompt-tune the default model on SST-2, print accuracy before and after, record the evidence.
 
 Before = prompt design (the task's hand-written instruction, no soft prompt). After = the trained prompt alone.
-Both on the full SST-2 validation set (872). The checkpoint is selected on 500 examples held out from *train*, so
-the validation set is never used for selection. Writes ``results/sst2_<model>.json`` and regenerates
+Both on the full SST-2 validation set (872). The checkpoint is selected on the selection slice held out from
+*train* (softprompt.tasks.selection: 500 examples by default, the cut `softprompt train` makes), so the validation
+set is never used for selection. Writes ``results/sst2_<model>.json`` and regenerates
 ``docs/results.md`` (see scripts/write_results_md.py).
 
     python scripts/sst2_results.py --data-dir ../shared/data
@@ -27,6 +28,7 @@ from softprompt.evaluate import evaluate
 from softprompt.models import DEFAULT_MODEL, install
 from softprompt.prompted import PromptedModel
 from softprompt.tasks import get_task
+from softprompt.tasks.selection import selection_split
 from softprompt.trainer import TrainConfig, train_prompt
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,7 +44,8 @@ def main() -> None:
     ap.add_argument("--init", default="class-label")
     ap.add_argument("--lr", type=float, default=0.3)
     ap.add_argument("--eval-every", type=int, default=50)
-    ap.add_argument("--holdout", type=int, default=500, help="train examples held out for checkpoint selection")
+    ap.add_argument("--selection-size", type=int, default=None,
+                    help="train examples held out for checkpoint selection (default: softprompt train's, 500 here)")
     ap.add_argument("--limit", type=int, default=None, help="validation examples (default: all 872)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "sst2.safetensors")
@@ -52,8 +55,7 @@ def main() -> None:
     if args.model == DEFAULT_MODEL:
         install(args.model, quiet=True)
     task = get_task("sst2")
-    train_all = task.examples("train", args.data_dir)
-    train, selection = train_all[: -args.holdout], train_all[-args.holdout:]
+    cut = selection_split(task, args.data_dir, size=args.selection_size)
     validation = task.examples("validation", args.data_dir, limit=args.limit)
     t0 = time.perf_counter()
     backbone = load_backbone(args.model)
@@ -70,7 +72,8 @@ def main() -> None:
                          init=args.init, lr=args.lr, eval_every=args.eval_every, eval_limit=None,
                          save_every=10)
     t0 = time.perf_counter()
-    result = train_prompt(backbone, task, train, config, args.out, validation=selection, resume=True)
+    result = train_prompt(backbone, task, cut.train, config, args.out, selection=cut.selection,
+                          selection_info=cut.info, resume=True)
     train_s = time.perf_counter() - t0
 
     tuned = PromptedModel(backbone, PromptBank(result.prompt.unsqueeze(0)))
@@ -86,7 +89,9 @@ def main() -> None:
         "after": {"method": "prompt-tuning", **after, "seconds": round(after_s, 1)},
         "train": {"steps": args.steps, "batch_size": args.batch_size, "prompt_length": args.prompt_length,
                   "init": args.init, "optimizer": config.optimizer, "lr": args.lr,
-                  "selection": f"best of every {args.eval_every} steps on {args.holdout} held-out train examples",
+                  "selection": f"best of every {args.eval_every} steps on {len(cut.selection)} held-out train "
+                               f"examples (the selection slice: size {cut.info['size']}, seed {cut.info['seed']})",
+                  "selection_slice": cut.info,
                   "seconds": round(train_s, 1), "seconds_per_step": round(train_s / args.steps, 2),
                   "history": result.state.history, **result.metrics},
         "load_seconds": round(load_s, 1),

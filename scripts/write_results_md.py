@@ -4,9 +4,19 @@ from __future__ import annotations
 
 import functools
 import json
+import textwrap
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def sst2_selection(t: dict) -> str:
+    """Where the SST-2 run's checkpoint was chosen, from its record."""
+    if "selection_slice" in t:
+        return ("the selection slice held out from train (`softprompt.tasks.selection`), disjoint from the "
+                "validation set reported here")
+    return ("the last 500 lines of the train file, held out by hand (before `softprompt.tasks.selection`), disjoint "
+            "from the validation set reported here")
 
 
 def sst2_section(path: Path) -> list[str]:
@@ -29,7 +39,8 @@ def sst2_section(path: Path) -> list[str]:
         f"threads; torch {r['versions']['torch']}, transformers {r['versions']['transformers']}.",
         "",
         "Selection-set accuracy during training: "
-        + ", ".join(f"step {h['step']}: {h['accuracy']:.3f}" for h in t.get("history", [])) + ".",
+        + ", ".join(f"step {h['step']}: {h['accuracy']:.3f}" for h in t.get("history", []))
+        + f". Selection: {sst2_selection(t)}.",
         "",
         f"Reproduce: `{r['command']}`",
         "",
@@ -66,6 +77,42 @@ def load_cells(name: str) -> list[dict]:
     return [json.loads(f.read_text()) for f in sorted((ROOT / "results" / name / "cells").glob("*.json"))]
 
 
+def selection_kind(cell: dict) -> str:
+    """How a cell's checkpoint was chosen: "none" (the last step), "train slice", or "reported split" (selected on
+    the first examples of the very split it reports: grids before softprompt.tasks.selection with eval_every > 0)."""
+    if cell["method"] not in ("prompt-tuning", "model-tuning"):
+        return "none"
+    if cell.get("selection"):
+        return "train slice" if cell["selection"].get("split") == "train" else "reported split"
+    every, steps = cell["config"].get("eval_every", 0), cell["config"].get("steps", 0)
+    if "selection" in cell or not 0 < every < steps:
+        return "none"
+    # Before the slice existed a grid selected on the *train* task's validation split: the reported one in-domain.
+    in_domain = cell["cell"]["train_task"] == cell["cell"]["eval_task"]
+    return "reported split" if in_domain and cell["eval"]["split"] == "validation" else "train task's validation"
+
+
+def mark(cell: dict) -> str:
+    """A dagger after a score whose checkpoint was selected on the examples it is scored on."""
+    return "†" if selection_kind(cell) == "reported split" else ""
+
+
+def selection_line(cells: list[dict]) -> str:
+    """One sentence: how the tuned cells of a table chose their checkpoint (the results page's selection rule)."""
+    from collections import Counter
+
+    tuned = [c for c in cells if c["method"] in ("prompt-tuning", "model-tuning")]
+    if not tuned:
+        return ""
+    counts = Counter(selection_kind(c) for c in tuned)
+    words = {"none": "no selection (`eval_every: 0`: the last step is kept)",
+             "train slice": "selected on the slice held out from train",
+             "reported split": "**selected on the split they report (marked †; not a held-out score)**",
+             "train task's validation": "selected on the train task's validation split"}
+    parts = [f"{words[k]}: {n} of {len(tuned)}" for k, n in counts.most_common()]
+    return "Checkpoint selection of the tuned cells: " + "; ".join(parts) + "."
+
+
 def config_line(name: str) -> str:
     """The grid's own description (its budgets), from its config file."""
     import yaml
@@ -82,6 +129,7 @@ def comparison_section(name: str) -> list[str]:
     models = list(dict.fromkeys(c["cell"]["model"] for c in sorted(cells, key=lambda c: c["model"]["parameters"])))
     tasks = list(dict.fromkeys(c["cell"]["eval_task"] for c in cells))
     score = {(c["cell"]["model"], c["cell"]["eval_task"], c["method"]): 100 * c["score"] for c in cells}
+    marks = {(c["cell"]["model"], c["cell"]["eval_task"], c["method"]): mark(c) for c in cells}
     short = {"prompt-design": "PD", "prompt-tuning": "PT", "model-tuning": "MT"}
     head = [f"{m} {short[k]}" for m in models for k in METHODS] + ["majority"]
     lines = [f"## Prompt tuning vs model tuning vs prompt design (`configs/{name}.yaml`)", "",
@@ -90,10 +138,11 @@ def comparison_section(name: str) -> list[str]:
              "first validation examples, ×100. PD = zero-shot prompt design, PT = prompt tuning, MT = model tuning. "
              "Majority: always answering the evaluated examples' most common label (COPA: a coin flip between its "
              "two choices), the floor a score must clear to show the task was learned. A blank: that cell has not "
-             "run.", "",
+             "run. " + selection_line(cells), "",
              "| task | " + " | ".join(head) + " |", "|---|" + "---|" * len(head)]
     for t in tasks:
-        row = [f"{score[m, t, k]:.1f}" if (m, t, k) in score else "" for m in models for k in METHODS]
+        row = [f"{score[m, t, k]:.1f}{marks[m, t, k]}" if (m, t, k) in score else "" for m in models
+               for k in METHODS]
         floor = majority(t)
         lines.append(f"| {t} | " + " | ".join(row) + f" | {pct_or_blank(floor)} |")
     averages, complete = [], []
@@ -132,11 +181,11 @@ def ablation_section(name: str, axis: str, title: str) -> list[str]:
     cells = load_cells(name)
     if not cells:
         return []
-    lines = [f"## {title} (`configs/{name}.yaml`)", "", config_line(name), "",
+    lines = [f"## {title} (`configs/{name}.yaml`)", "", config_line(name), "", selection_line(cells), "",
              f"| model | task | {axis.replace('_', ' ')} | score | trained in |", "|---|---|---|---|---|"]
     for c in sorted(cells, key=lambda c: (c["cell"]["model"], c["cell"]["eval_task"], c["cell"][axis])):
         cell = c["cell"]
-        lines.append(f"| {cell['model']} | {cell['eval_task']} | {cell[axis]} | {100 * c['score']:.1f} | "
+        lines.append(f"| {cell['model']} | {cell['eval_task']} | {cell[axis]} | {100 * c['score']:.1f}{mark(c)} | "
                      f"`{c.get('reused_from', name)}` |")
     plot = f"results/{name}/{'prompt_length' if axis == 'prompt_length' else 'init'}.png"
     if (ROOT / "docs" / plot).is_file():
@@ -147,9 +196,9 @@ def ablation_section(name: str, axis: str, title: str) -> list[str]:
 
 
 def score_of(cells: list[dict], model: str, method: str, train_task: str, eval_task: str) -> str:
-    hits = [c["score"] for c in cells if c["cell"]["model"] == model and c["method"] == method
+    hits = [c for c in cells if c["cell"]["model"] == model and c["method"] == method
             and c["cell"]["train_task"] == train_task and c["cell"]["eval_task"] == eval_task]
-    return f"{100 * hits[0]:.1f}" if hits else ""
+    return f"{100 * hits[0]['score']:.1f}{mark(hits[0])}" if hits else ""
 
 
 def domain_shift_section(name: str) -> list[str]:
@@ -164,7 +213,7 @@ def domain_shift_section(name: str) -> list[str]:
              "of its train sample (the only QQP file here). MRPC and QQP have the labels yes/no but opposite "
              "majorities (MRPC mostly paraphrases, QQP mostly not): a score equal to the minority share is what "
              "answering, for every example, the label the training task favours scores: a carried-over label prior, "
-             "not paraphrase detection.", "",
+             "not paraphrase detection. " + selection_line(cells), "",
              "| model | method | train → eval | shifted | in-domain | majority |", "|---|---|---|---|---|---|"]
     for c in sorted(shifted, key=lambda c: (c["cell"]["model"], c["method"], c["cell"]["train_task"])):
         cell = c["cell"]
@@ -191,8 +240,8 @@ def budget_section(names: list[str], reference: str = "paper_cpu") -> list[str]:
     ref = load_cells(reference)
     lines = ["## Prompt tuning with a longer budget (" + ", ".join(f"`configs/{n}.yaml`" for n, _ in grids) + ")",
              ""]
-    for name, _ in grids:
-        lines += [f"- `{name}`: {config_line(name)}"]
+    for name, cells in grids:
+        lines += [f"- `{name}`: {config_line(name)} {selection_line(cells)}"]
     lines += ["", f"PD, PT (30 steps) and MT are `{reference}`'s cells (30 steps; PT at the paper's lr 0.3); "
               "\"PT longer\" is the longer grid. Model tuning was not rerun at the longer budget, so PT − MT here "
               "is not a matched comparison.",
@@ -205,10 +254,10 @@ def budget_section(names: list[str], reference: str = "paper_cpu") -> list[str]:
             m, t = c["cell"]["model"], c["cell"]["eval_task"]
             pd, pt, mt = (score_of(ref, m, k, t, t) for k in METHODS)
             floor = majority(t)
-            lines.append(f"| {m} | {t} | {pd} | {pt} | **{100 * c['score']:.1f}** | {mt} | "
+            lines.append(f"| {m} | {t} | {pd} | {pt} | **{100 * c['score']:.1f}**{mark(c)} | {mt} | "
                          f"{pct_or_blank(floor)} |")
             if pd and pt:
-                done.append((float(pd), float(pt), 100 * c["score"]))
+                done.append((float(pd.rstrip("†")), float(pt.rstrip("†")), 100 * c["score"]))
         if done:
             n = len(done)
             pd_avg, pt_avg, long_avg = (sum(x[i] for x in done) / n for i in range(3))
@@ -219,6 +268,22 @@ def budget_section(names: list[str], reference: str = "paper_cpu") -> list[str]:
               + "; every cell in " + ", ".join(f"[`docs/results/{n}/`](results/{n}/README.md)" for n, _ in grids)
               + ".", ""]
     return lines
+
+
+def ensemble_selection(data: Path, tasks: tuple[str, ...]) -> str:
+    """How the ensemble's prompts chose their checkpoint, from their `softprompt train --json` lines."""
+    runs = [json.loads(line) for t in tasks if (data / f"train_{t}.jsonl").is_file()
+            for line in (data / f"train_{t}.jsonl").read_text().splitlines() if line.strip()]
+    if not runs:
+        return ""
+    if all("best_step" not in r or r["best_step"] == r["steps"] for r in runs) and any(
+            k.startswith("best_val_") for r in runs for k in r):
+        return ("Checkpoint selection: none; each training run scored the first 20 validation examples once, after "
+                "its last step (the `best_val_*` of its file), so nothing was chosen on them, but those 20 are among "
+                "the examples reported here: this version selects on a slice of train instead.")
+    if all("selection" in r and r["selection"].get("split") == "train" for r in runs):
+        return "Checkpoint selection: on the slice held out from train."
+    return "**Checkpoint selection: on the validation split reported here (before the held-out slice existed).**"
 
 
 def ensembles_section(tasks: tuple[str, ...] = ("sst2", "copa")) -> list[str]:
@@ -235,8 +300,8 @@ def ensembles_section(tasks: tuple[str, ...] = ("sst2", "copa")) -> list[str]:
     lines = ["## Prompt ensembles (smollm2-135m, 5 prompts per task)", "",
              *ensemble_table([json.loads(f.read_text()) for f in files]), "",
              "Each prompt: 50 steps of batch 8, Adafactor lr 0.1, P = 20, class-label init, one seed each. The best "
-             "single prompt is chosen on the evaluated examples (an oracle). Settings, commands and the reading: "
-             "[`docs/ensembles.md`](ensembles.md).", ""]
+             "single prompt is chosen on the evaluated examples (an oracle). " + ensemble_selection(data, tasks)
+             + " Settings, commands and the reading: [`docs/ensembles.md`](ensembles.md).", ""]
     nb_file, drift_file = data / "neighbors.json", data / "drift.json"
     if nb_file.is_file():
         nb = json.loads(nb_file.read_text())
@@ -249,6 +314,7 @@ def ensembles_section(tasks: tuple[str, ...] = ("sst2", "copa")) -> list[str]:
 
 READING = """## How to read these numbers
 
+{selection}
 - **The budgets are tiny.** A tuned cell sees 30 steps × 8 = 240 training examples; the paper trains prompts for
   30,000 steps on T5 models of 60M to 11B parameters. These tables show what each method does in minutes on a 2-core
   CPU with 135M- and 270M-parameter models, not the paper's converged numbers.
@@ -272,13 +338,42 @@ READING = """## How to read these numbers
 """
 
 
+GRIDS = ("paper_cpu", "ablation_length_cpu", "ablation_init_cpu", "pt_budget_cpu", "pt_budget_gemma_cpu",
+         "domain_shift_cpu")
+
+
+def selection_rule() -> str:
+    """The reading's first bullet: the rule, and how the committed results measure up to it (read from the cells)."""
+    from collections import Counter
+
+    runs = {(c.get("reused_from", name), c["id"]): c for name in GRIDS for c in load_cells(name)
+            if c["method"] in ("prompt-tuning", "model-tuning")}  # a reused cell is one run, copied
+    kinds = Counter(selection_kind(c) for c in runs.values())
+    words = {"none": "with no selection", "train slice": "selected on the train slice",
+             "reported split": "selected on the split they report", "train task's validation":
+             "selected on the train task's validation split"}
+    grids = ", ".join(f"{n} {words[k]}" for k, n in kinds.most_common())
+    daggers = kinds.get("reported split", 0)
+    text = ("**Selection never touches a reported example.** A tuned run may keep its best step only by scores on "
+            "the selection slice held out from the *train* split (`softprompt.tasks.selection`); the validation "
+            "split is only reported. Every table says how its cells chose their checkpoint; a score selected on the "
+            f"examples it reports carries a † ({daggers} here). The committed grids' {len(runs)} tuned runs: {grids} "
+            "(`eval_every: 0`: the last step kept). The SST-2 headline selected on 500 held-out train examples; the "
+            "ensemble prompts chose nothing (one score after the last step). Every prompt here with a class-label or "
+            "sampled-vocab init was initialised before the sampled-vocab pool kept plain-text tokens only (the rows "
+            "after the label rows drew from a pool with byte, whitespace and reserved tokens in it): a rerun starts "
+            "from other rows.")
+    return "\n".join(textwrap.wrap(text, 116, initial_indent="- ", subsequent_indent="  ",
+                                   break_on_hyphens=False))
+
+
 def main() -> None:
     lines = ["# Results", "", "Every number here comes from a JSON record under `results/`, written by the command "
              "named with it; `python scripts/write_results_md.py` regenerates this page.", ""]
     for path in sorted((ROOT / "results").glob("sst2_*.json")):
         lines += sst2_section(path)
     lines += comparison_section("paper_cpu")
-    lines += [*READING.splitlines(), ""]
+    lines += [*READING.format(selection=selection_rule()).splitlines(), ""]
     lines += ablation_section("ablation_length_cpu", "prompt_length", "Prompt length ablation")
     lines += ablation_section("ablation_init_cpu", "init", "Initialisation ablation")
     lines += budget_section(["pt_budget_cpu", "pt_budget_gemma_cpu"])

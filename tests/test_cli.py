@@ -18,16 +18,18 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
 
 @pytest.fixture
 def toy(tmp_path: Path) -> Path:
-    rows = [{"text": f"item {i} {'good' if i % 2 else 'bad'}", "label": i % 2} for i in range(16)]
+    rows = [{"text": f"item {i} {'good' if i % 2 else 'bad'}", "label": i % 2} for i in range(28)]
     path = tmp_path / "toy.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows[:16]))
+    (tmp_path / "toy_dev.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[16:]))
     return path
 
 
 def test_train_eval_predict_inspect(tmp_path: Path, toy: Path, tiny_dirs: dict[str, Path], capsys) -> None:
     model = str(tiny_dirs["gpt2"])
     out = tmp_path / "p.safetensors"
-    task = ["--task", str(toy), "--template", "{text} ->", "--verbalizer", '{"0": " bad", "1": " good"}']
+    task = ["--task", str(toy), "--template", "{text} ->", "--verbalizer", '{"0": " bad", "1": " good"}',
+            "--validation-file", str(toy.with_name("toy_dev.jsonl"))]
     code, stdout, _ = run(capsys, "train", "--model", model, *task, "--out", str(out), "--steps", "3",
                           "--batch-size", "4", "--prompt-length", "4", "--eval-every", "2", "--eval-limit", "8",
                           "--no-progress", "--json")
@@ -58,7 +60,10 @@ def test_train_eval_predict_inspect(tmp_path: Path, toy: Path, tiny_dirs: dict[s
     (["eval", "--model", "{gpt2}", "--task", "nope"], "unknown task"),
     (["eval", "--model", "{gpt2}", "--task", "sst2"], "needs --prompt"),
     (["eval", "--model", "{t5}", "--task", "{toy}", "--template", "{{text}}", "--verbalizer",
-      '{{"0": " a", "1": " b"}}', "--prompt", "{tmp}/p.safetensors"], "different model"),
+      '{{"0": " a", "1": " b"}}', "--validation-file", "{tmp}/toy_dev.jsonl", "--prompt", "{tmp}/p.safetensors"],
+     "different model"),
+    (["eval", "--model", "{gpt2}", "--task", "{toy}", "--template", "{{text}}", "--verbalizer",
+      '{{"0": " a", "1": " b"}}', "--method", "prompt-design"], "has no validation data: pass --validation-file"),
     (["train", "--model", "{gpt2}", "--task", "{toy}", "--template", "{{text}}", "--out", "{tmp}/x.pt"],
      "must end in .safetensors"),
     (["train", "--model", "{gpt2}", "--task", "{toy}", "--template", "{{missing}}", "--verbalizer",
@@ -93,3 +98,59 @@ def test_usage_error_is_exit_2(capsys) -> None:
 def test_models_list(capsys) -> None:
     code, stdout, _ = run(capsys, "models")
     assert code == 0 and "smollm2-135m" in stdout and "(default)" in stdout
+
+
+def test_selection_is_held_out_from_train_recorded_and_never_reported_as_validation(
+        tmp_path: Path, tiny_dirs: dict[str, Path], data_dir: Path, capsys) -> None:
+    from softprompt.promptfile import load_prompt, save_prompt
+    from softprompt.tasks.selection import SELECTION_SEED
+
+    model = str(tiny_dirs["gpt2"])
+    common = ["--model", model, "--task", "cb", "--data-dir", str(data_dir), "--max-input-tokens", "48"]
+    out = tmp_path / "cb.safetensors"
+    code, stdout, _ = run(capsys, "train", *common, "--out", str(out), "--seeds", "1,2", "--steps", "2",
+                          "--batch-size", "2", "--prompt-length", "2", "--eval-every", "1", "--no-progress", "--json")
+    assert code == 0
+    runs = [json.loads(line) for line in stdout.strip().splitlines()]
+    # CB's 250 train examples: a 32-example slice of them (10 % is 25, raised to 32), never its 56 validation ones.
+    slice_info = {"split": "train", "size": 32, "seed": SELECTION_SEED, "limit": None, "examples": 32}
+    assert [r["selection"] for r in runs] == [slice_info, slice_info]  # one slice for the whole ensemble
+    assert all("best_selection_accuracy" in r and not any("val" in k for k in r) for r in runs)
+    files = [tmp_path / "cb-seed1.safetensors", tmp_path / "cb-seed2.safetensors"]
+    assert [load_prompt(f).meta.selection for f in files] == [slice_info, slice_info]
+    log = (tmp_path / "cb-seed1.metrics.jsonl").read_text()
+    assert '"selection_accuracy"' in log and '"val_' not in log
+
+    def scored(*argv: str) -> dict:
+        code, stdout, err = run(capsys, *argv, "--json")
+        assert code == 0, err
+        return json.loads(stdout.strip().splitlines()[-1])
+
+    ev = scored("eval", *common, "--prompt", str(files[0]), "--limit", "8")
+    assert ev["split"] == "validation" and ev["examples"] == 8 and "selection" not in ev
+    ev = scored("eval", *common, "--prompt", str(files[0]), "--split", "selection")
+    assert ev["split"] == "selection" and ev["examples"] == 32 and ev["selection"] == slice_info
+    assert scored("eval", *common, "--method", "prompt-design", "--split", "selection")["examples"] == 32
+    ens = scored("ensemble", *common, "--prompt", str(files[0]), "--prompt", str(files[1]), "--split", "selection")
+    assert ens["split"] == "selection" and ens["examples"] == 32
+
+    def refused(message: str, *argv: str) -> None:
+        code, _, err = run(capsys, *argv)
+        assert code == 2 and message in err and "Traceback" not in err, err
+
+    refused("selected on the 'train' split", "eval", *common, "--prompt", str(files[0]), "--split", "train")
+    refused("selected on the 'train' split", "ensemble", *common, *[a for f in files for a in ("--prompt", str(f))],
+            "--split", "train")
+    # A file from before selection was held out: its best step was chosen on the first validation examples.
+    pf = load_prompt(files[0])
+    old = tmp_path / "old.safetensors"
+    pf.meta.selection = {}
+    pf.meta.metrics = {"steps": 2, "best_step": 1, "best_val_accuracy": 0.5}
+    save_prompt(old, pf.prompt, pf.meta)
+    refused("selected on the 'validation' split (its file predates", "eval", *common, "--prompt", str(old))
+    refused("selected on the 'validation' split", "ensemble", *common, "--prompt", str(old), "--prompt",
+            str(files[1]))
+    refused("records no selection slice", "eval", *common, "--prompt", str(old), "--split", "selection")
+    pf.meta.train_config = {**pf.meta.train_config, "eval_every": 2}  # one eval, after the last step: no selection
+    save_prompt(old, pf.prompt, pf.meta)
+    assert scored("eval", *common, "--prompt", str(old), "--limit", "4")["examples"] == 4

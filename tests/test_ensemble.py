@@ -119,8 +119,8 @@ def test_generation_task_votes_over_strings(tmp_path: Path) -> None:
     backbone = tiny_backbone("llama")
     prompts = [torch.randn(3, backbone.hidden_size, generator=torch.Generator().manual_seed(s)) for s in (0, 1, 0)]
     ens = Ensemble(backbone, prompts)
-    result = ens.evaluate(task, task.examples("validation"), batch_size=4, max_new_tokens=3)
-    outputs = ens.generate(task.examples("validation"), max_new_tokens=3)
+    result = ens.evaluate(task, task.examples("train"), batch_size=4, max_new_tokens=3)
+    outputs = ens.generate(task.examples("train"), max_new_tokens=3)
     assert outputs[0] == outputs[2]  # prompts 0 and 2 are equal, so their greedy outputs are
     assert result.predictions["vote"] == outputs[0]  # and they outvote prompt 1
     assert result.mean_prob is None and "mean_prob_exact_match" not in result.to_dict()
@@ -139,8 +139,9 @@ def test_cli_train_seeds_then_ensemble(tiny_dirs: dict[str, Path], tmp_path: Pat
     data = tmp_path / "sent.jsonl"
     rows = [{"text": t, "label": i % 2} for i, t in enumerate(["good", "bad", "fine", "awful", "nice", "poor"])]
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "dev.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[::-1]))
     task = ["--task", str(data), "--template", "Review: {text}\nSentiment:",
-            "--verbalizer", '{"0": " no", "1": " yes"}']
+            "--verbalizer", '{"0": " no", "1": " yes"}', "--validation-file", str(tmp_path / "dev.jsonl")]
     model = ["--model", str(tiny_dirs["llama"]), "--threads", "1"]
     out = tmp_path / "p.safetensors"
     assert main(["train", *model, *task, "--out", str(out), "--seeds", "1,2,3", "--steps", "2", "--batch-size", "2",

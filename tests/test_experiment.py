@@ -13,6 +13,7 @@ from softprompt.configfile import ConfigError
 from softprompt.experiment import run_experiment
 from softprompt.grid import cells, load_config
 from softprompt.report import write_report
+from softprompt.tasks.selection import SELECTION_SEED
 from softprompt.tiny import save_tiny
 from tests.toytask import write_task
 
@@ -74,6 +75,7 @@ def test_sweep_runs_resumes_and_reports(sweep_dir: Path, tmp_path: Path, capsys:
     record = json.loads((config.out_dir / "cells" / f"{first.ran[0]}.json").read_text())
     for key in ("cell", "model", "metrics", "score", "seconds", "trainable_params", "versions", "config"):
         assert key in record, key
+    assert record["selection"] == {}  # the grid default (eval_every 0): nothing selected, the last step kept
     by_method = {}
     for cell_file in (config.out_dir / "cells").glob("*.json"):
         r = json.loads(cell_file.read_text())
@@ -113,7 +115,11 @@ def test_cli_rerun_trains_nothing(sweep_dir: Path, tmp_path: Path, capsys: pytes
     again = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert again["ran"] == 0 and again["skipped"] == 2
     tuned = json.loads(next((tmp_path / "results" / "cli" / "cells").glob("*prompt-tuning*.json")).read_text())
-    assert tuned["train"]["best_step"] in (1, 2)  # eval_every > 0: the best step on the train task's validation
+    assert tuned["train"]["best_step"] in (1, 2)  # eval_every > 0: the best step, chosen on the selection slice
+    # ... held out from the train task's train split (24 rows: 12 held out, eval_limit 4 of them scored), while the
+    # cell reports its eval split: the two never share examples.
+    assert tuned["selection"] == {"split": "train", "size": 12, "seed": SELECTION_SEED, "limit": 4, "examples": 4}
+    assert tuned["eval"]["split"] == "validation" and "best_selection_accuracy" in tuned["train"]
 
 
 @pytest.mark.parametrize(("override", "message"), [
@@ -178,3 +184,23 @@ def test_reuse_copies_only_cells_with_the_same_settings(sweep_dir: Path, tmp_pat
     d = load_config(write_config(tmp_path / "d.yaml", {**base, "name": "d", "reuse": ["a"],
                                                         "methods": ["prompt-design"], "eval": {"limit": 5}}))
     assert not run_experiment(d, log=lambda _: None).reused
+
+
+def test_results_page_marks_scores_selected_on_the_split_they_report() -> None:
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    from write_results_md import mark, selection_kind, selection_line
+
+    def cell(method: str = "prompt-tuning", eval_every: int = 0, train: str = "cb", **extra: object) -> dict:
+        return {"method": method, "config": {"eval_every": eval_every, "steps": 30},
+                "cell": {"train_task": train, "eval_task": "cb"}, "eval": {"split": "validation"}, **extra}
+
+    old_dev = cell(eval_every=10)  # a grid before the slice: best step on cb's validation, reported on it too
+    assert selection_kind(old_dev) == "reported split" and mark(old_dev) == "†"
+    assert selection_kind(cell(eval_every=10, train="rte")) == "train task's validation"
+    assert selection_kind(cell(eval_every=30)) == "none"  # one eval, after the last step
+    assert selection_kind(cell(eval_every=10, selection={"split": "train", "size": 32})) == "train slice"
+    assert selection_kind(cell(selection={})) == selection_kind(cell("prompt-design")) == "none"
+    line = selection_line([old_dev, cell()])
+    assert "marked †" in line and "1 of 2" in line

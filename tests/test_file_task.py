@@ -9,6 +9,7 @@ import pytest
 
 from softprompt.backbone import load_backbone
 from softprompt.tasks import FileTask, FileTaskSpec, TaskDataError, get_task, resolve_data_dir
+from softprompt.tasks.selection import selection_split
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
@@ -22,7 +23,7 @@ def test_yaml_spec_relative_paths_and_generation(tmp_path: Path) -> None:
     spec.write_text('name: math\ntrain: train.jsonl\ntemplate: "Q: {q}\\nA:"\nlabel_field: a\n')
     task = get_task(str(spec))
     assert isinstance(task, FileTask) and task.kind == "generation" and task.name == "math"
-    ex = task.examples("validation")
+    ex = task.examples("train")
     assert ex[0].input == "Q: 2+2\nA:" and ex[0].target == "4" and ex[0].choices is None
     assert task.metrics(["4", " 7"], ex) == {"exact_match": 0.5}
 
@@ -73,3 +74,19 @@ def test_data_dir_resolution(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
 def test_missing_local_model_is_a_clear_error() -> None:
     with pytest.raises(FileNotFoundError, match="model not found"):
         load_backbone("./no/such/model")
+
+
+def test_without_a_validation_file_there_is_no_validation_split(tmp_path: Path) -> None:
+    train = write_jsonl(tmp_path / "train.jsonl", [{"text": f"t{i}", "label": i % 2} for i in range(40)])
+    options = {"template": "{text}", "verbalizer": {"0": " a", "1": " b"}}
+    task = get_task(str(train), **options)
+    with pytest.raises(TaskDataError, match="--validation-file"):
+        task.examples("validation")  # it used to be the train file, scored as if held out
+    # Selection is a slice of the train file, held out from training, whether or not there is a validation file.
+    cut = selection_split(task)
+    assert len(cut.selection) == 20 and len(cut.train) == 20  # default: at least 32, at most half of train
+    assert not {e.input for e in cut.selection} & {e.input for e in cut.train}
+    dev = write_jsonl(tmp_path / "dev.jsonl", [{"text": "d", "label": 1}])
+    task = get_task(str(train), validation=str(dev), **options)
+    assert [e.input for e in task.examples("validation")] == ["d"]
+    assert selection_split(task).info == cut.info

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from softprompt.backbone import make_backbone
 from softprompt.init import TOP_VOCAB, common_token_ids, init_prompt, word_embedding
 
 
@@ -62,3 +65,46 @@ def test_zero_length_and_errors(llama) -> None:
         init_prompt(llama, "class-label", 3)
     with pytest.raises(ValueError, match="init-text"):
         init_prompt(llama, "text", 3)
+
+
+def sentencepiece_style() -> PreTrainedTokenizerFast:
+    """Gemma/Llama-style: ▁ for a space, <0x..> byte fallback, reserved <unusedN> slots in the plain vocabulary,
+    and an added (not special) formatting token."""
+    pieces = ["<pad>", "<eos>", "<bos>", "<unk>", "<unused0>", "<unused1>", "<0x0A>", "<0x41>", "<0xC3>", "▁", "▁▁",
+              "\t", "\n\n", "\u200b", "▁the", "▁cat", "s", "é"]
+    tok = Tokenizer(models.BPE(vocab={p: i for i, p in enumerate(pieces)}, merges=[], unk_token="<unk>",
+                               byte_fallback=True))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                     decoders.Strip(" ", 1, 0)])
+    out = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", bos_token="<bos>",
+                                  unk_token="<unk>")
+    out.add_tokens(["<start_of_turn>"])
+    return out
+
+
+def byte_level_style() -> PreTrainedTokenizerFast:
+    """GPT-2-style: Ġ for a space, Ċ for a newline, single bytes of multi-byte characters, an added chat token."""
+    pieces = ["<|endoftext|>", "!", "a", "Ã", "©", "Ġ", "Ċ", "ĉ", "ĠĠ", "ĊĊ", "Ġthe", "cat", "Ã©"]
+    tok = Tokenizer(models.BPE(vocab={p: i for i, p in enumerate(pieces)}, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    out = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>")
+    out.add_tokens(["<|im_start|>"])
+    return out
+
+
+@pytest.mark.parametrize(("make", "plain"), [
+    (sentencepiece_style, ["▁the", "▁cat", "s", "é"]),
+    (byte_level_style, ["!", "a", "Ġthe", "cat", "Ã©"]),
+])
+def test_sampled_vocab_pool_is_plain_text_only(make, plain: list[str]) -> None:
+    tokenizer = make()
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=8, intermediate_size=16,
+                                         num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1))
+    backbone = make_backbone(model, tokenizer, "tiny")
+    pool = common_token_ids(backbone).tolist()
+    assert tokenizer.convert_ids_to_tokens(pool) == plain
+    p = init_prompt(backbone, "sampled-vocab", 3, seed=0)
+    table = backbone.embedding_matrix()
+    assert {int((table - row).abs().sum(-1).argmin()) for row in p} <= set(pool)

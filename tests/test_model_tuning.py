@@ -13,6 +13,7 @@ from softprompt.cli import main
 from softprompt.methods import count_parameters, task_parameters
 from softprompt.model_tuning import ModelTuneConfig, tune_model
 from softprompt.tasks import FileTask, FileTaskSpec, get_task
+from softprompt.tasks.selection import selection_split
 from tests.conftest import tiny_backbone
 from tests.toytask import write_task
 
@@ -30,9 +31,11 @@ def test_tune_model_learns_on_a_copy(family: str, tmp_path: Path) -> None:
     backbone = tiny_backbone(family)
     before = {k: v.clone() for k, v in backbone.model.state_dict().items()}
     task = FileTask(FileTaskSpec.from_yaml(write_task(tmp_path / "toy")))
-    train = task.examples("train")
+    cut = selection_split(task, size=8)
+    train = cut.train
     config = ModelTuneConfig(steps=12, batch_size=8, lr=3e-3, eval_every=4)
-    result = tune_model(backbone, task, train, config, tmp_path / "tuned", validation=train[:8], progress=False)
+    result = tune_model(backbone, task, train, config, tmp_path / "tuned", selection=cut.selection,
+                        selection_info=cut.info, progress=False)
     assert result.losses[-1] < result.losses[0]
     assert result.metrics["trainable_params"] == count_parameters(backbone.model)
     assert result.metrics["best_step"] in (4, 8, 12)
@@ -43,7 +46,9 @@ def test_tune_model_learns_on_a_copy(family: str, tmp_path: Path) -> None:
     loaded = load_backbone(str(tmp_path / "tuned"))
     for k, v in loaded.model.state_dict().items():
         assert torch.allclose(v, result.backbone.model.state_dict()[k]), k
-    assert json.loads((tmp_path / "tuned" / "model_tuning.json").read_text())["method"] == "model-tuning"
+    info = json.loads((tmp_path / "tuned" / "model_tuning.json").read_text())
+    assert info["method"] == "model-tuning" and info["selection"] == cut.info
+    assert "best_selection_accuracy" in result.metrics and "best_val_accuracy" not in result.metrics
 
 
 def test_cli_train_model_tuning_then_eval(tiny_dirs: dict[str, Path], tmp_path: Path,

@@ -19,6 +19,7 @@ from softprompt.tasks import TASKS, Example, Task, TaskDataError, get_task
 from softprompt.tasks.base import hold_out_tail
 from softprompt.tasks.glue import QQP
 from softprompt.tasks.mrqa import first_line
+from softprompt.tasks.selection import SELECTION_SEED, default_selection_size, hold_out, selection_split
 from tests.conftest import tiny_backbone
 
 SPLITS = [(name, split) for name, cls in TASKS.items() for split in cls.splits]
@@ -324,3 +325,82 @@ def test_cli_tasks_json_marks_missing_data(capsys: pytest.CaptureFixture[str], t
     assert [t["name"] for t in result["tasks"]] == list(TASKS)
     assert all(not here for t in result["tasks"] for here in t["splits"].values())
     assert next(t for t in result["tasks"] if t["name"] == "multirc")["metrics"] == ["f1a", "exact_match"]
+
+
+# --- limits and the selection slice never split a group ---------------------------------------------------------
+
+
+def multirc_rows(questions: int, options: int) -> list[str]:
+    """One MultiRC paragraph with ``questions`` questions of ``options`` answer options each."""
+    qs = [{"question": f"Q{q}?", "idx": q, "answers": [{"text": f"A{q}.{a}", "idx": a, "label": a % 2}
+                                                       for a in range(options)]} for q in range(questions)]
+    return [json.dumps({"idx": 0, "passage": {"text": "P.", "questions": qs}})]
+
+
+def test_multirc_limit_keeps_whole_questions(tmp_path: Path) -> None:
+    task = get_task("multirc")
+    write_split(tmp_path, task, "validation", multirc_rows(questions=3, options=4))
+    for limit, n in [(1, 4), (4, 4), (5, 8), (11, 12), (100, 12), (0, 0)]:
+        examples = task.examples("validation", tmp_path, limit=limit)
+        assert len(examples) == n, limit
+        assert Counter(e.meta["group"] for e in examples) == {f"0/{q}": 4 for q in range(n // 4)}
+    # Exact match scores whole questions: all of a limited set's options right is one question right per group.
+    examples = task.examples("validation", tmp_path, limit=5)
+    assert task.metrics([e.target for e in examples], examples)["exact_match"] == 1.0
+
+
+@pytest.mark.parametrize("name", ["multirc", "record", "squad", "relation_extraction"])
+def test_limits_cut_at_group_boundaries_on_real_data(name: str, data_dir: Path) -> None:
+    task = TASKS[name]()
+    assert {n for n, cls in TASKS.items() if cls.group_key} == {"multirc", "record", "squad", "relation_extraction"}
+    split = "train" if "train" in task.splits else "validation"
+    everything = read(name, split, data_dir)
+    sizes = Counter(e.meta[task.group_key] for e in everything)
+    for limit in (1, 7, 50, 201):
+        examples = task.examples(split, data_dir, limit=limit)
+        assert len(examples) >= min(limit, len(everything)), (name, limit)
+        assert examples == everything[:len(examples)]
+        assert Counter(e.meta[task.group_key] for e in examples) == {g: sizes[g] for g in
+                                                                     {e.meta[task.group_key] for e in examples}}
+
+
+# --- the selection slice: held out from train, never the reported split ----------------------------------------
+
+SELECTION_SIZES = {"boolq": 500, "cb": 32, "copa": 40, "multirc": 500, "record": 16, "rte": 249, "wic": 500,
+                   "wsc": 55, "mrpc": 367, "qqp": 500, "sst2": 500, "squad": 500}
+
+
+@pytest.mark.parametrize("name", list(SELECTION_SIZES))
+def test_selection_is_a_slice_of_train_never_of_validation(name: str, data_dir: Path) -> None:
+    task = TASKS[name]()
+    cut = selection_split(task, data_dir)
+    train, validation = read(name, "train", data_dir), read(name, "validation", data_dir)
+    assert cut.info == {"split": "train", "size": SELECTION_SIZES[name], "seed": SELECTION_SEED, "limit": None,
+                        "examples": len(cut.selection)}
+    assert len(cut.selection) >= SELECTION_SIZES[name] and len(cut.selection) + len(cut.train) == len(train)
+    assert Counter(map(repr, cut.selection + cut.train)) == Counter(map(repr, train))  # a partition of train
+    held = {(e.input, e.target) for e in cut.selection}
+    if name != "record":  # FewGLUE's two ReCoRD files are both drawn from ReCoRD train (docs/tasks.md)
+        assert not held & {(e.input, e.target) for e in validation}
+    if task.group_key:  # whole groups on one side
+        assert not {e.meta[task.group_key] for e in cut.selection} & {e.meta[task.group_key] for e in cut.train}
+    # --train-limit applies after the cut, so it never moves the slice; a limit on the slice keeps its first groups.
+    limited = selection_split(task, data_dir, train_limit=10, limit=5)
+    assert limited.train == cut.train[:len(limited.train)] and len(limited.train) >= 10
+    assert limited.selection == cut.selection[:len(limited.selection)]
+    assert limited.info["limit"] == 5 and limited.info["examples"] == len(limited.selection)
+
+
+def test_selection_slice_rules() -> None:
+    assert [default_selection_size(n) for n in (10, 32, 64, 300, 1000, 4990, 67_349)] == [5, 16, 32, 32, 100, 499,
+                                                                                          500]
+    rows = [Example(f"x{i}:", " y", None, ("y",), meta={"g": i // 3}) for i in range(30)]  # 10 groups of 3
+    train, selection = hold_out(rows, 7, group_key="g")
+    assert len(selection) == 9 and len({e.meta["g"] for e in selection}) == 3  # whole groups, at least 7 examples
+    assert hold_out(rows, 7, group_key="g") == (train, selection)  # deterministic
+    assert [e.input for e in train + selection] != [e.input for e in rows]  # not simply the tail
+    assert hold_out(rows, 7, seed=1, group_key="g")[1] != selection  # the seed picks the groups
+    with pytest.raises(TaskDataError, match="nothing is left to train on"):
+        hold_out(rows, 29, group_key="g")
+    with pytest.raises(TaskDataError, match="needs 1 to 29"):
+        hold_out(rows, 0)

@@ -16,6 +16,7 @@ import torch
 from softprompt.checkpoint import load_checkpoint
 from softprompt.promptfile import load_prompt
 from softprompt.tasks import FileTask, FileTaskSpec
+from softprompt.tasks.selection import SELECTION_SEED, selection_split
 from softprompt.trainer import TrainConfig, batch_indices, train_prompt
 from tests.conftest import tiny_backbone
 
@@ -62,16 +63,27 @@ def test_training_lowers_the_loss(tmp_path: Path, family: str) -> None:
 def test_paper_recipe_runs_and_best_checkpoint_is_kept(tmp_path: Path) -> None:
     bb = tiny_backbone("gpt2")
     task = toy_task(tmp_path)
-    examples = task.examples("train")
+    cut = selection_split(task, size=8)
     config = TrainConfig(steps=6, batch_size=4, prompt_length=3, eval_every=2, save_every=2)
-    result = train_prompt(bb, task, examples, config, tmp_path / "p.safetensors", validation=examples[:8],
-                          progress=False)
+    result = train_prompt(bb, task, cut.train, config, tmp_path / "p.safetensors", selection=cut.selection,
+                          selection_info=cut.info, progress=False)
     history = result.state.history
     assert [h["step"] for h in history] == [2, 4, 6]
     best = max(history, key=lambda h: h["accuracy"])
-    assert result.metrics["best_val_accuracy"] == best["accuracy"]
+    # A selection score is named for what it is, in the result, the file and the metrics log.
+    assert result.metrics["best_selection_accuracy"] == best["accuracy"]
+    assert not any("val" in k for k in result.metrics)
+    meta = load_prompt(tmp_path / "p.safetensors").meta
+    assert meta.metrics == result.metrics
+    assert meta.selection == {"split": "train", "size": 8, "seed": SELECTION_SEED, "limit": None, "examples": 8}
+    log = [json.loads(x) for x in (tmp_path / "p.metrics.jsonl").read_text().splitlines()]
+    assert [r["selection_accuracy"] for r in log if "selection_accuracy" in r] == [h["accuracy"] for h in history]
+    assert not any(k.startswith("val_") for r in log for k in r)
     ckpt = load_checkpoint(tmp_path / "p.ckpt.safetensors")
     assert ckpt.state.step == 6 and ckpt.state.best_step == result.metrics["best_step"]
+    # Without a selection set nothing is selected, and the file says so.
+    train_prompt(bb, task, cut.train, config, tmp_path / "last.safetensors", progress=False)
+    assert load_prompt(tmp_path / "last.safetensors").meta.selection == {}
 
 
 def test_in_process_resume_equals_uninterrupted(tmp_path: Path) -> None:

@@ -4,10 +4,10 @@ count and library versions. A rerun skips every cell whose JSON exists, so an in
 stopped (a prompt-tuning cell also resumes from its own checkpoint). :mod:`softprompt.report` turns the cells into a
 markdown table and plots.
 
-Selection: with ``eval_every: 0`` (the grid default) the last step is kept and the eval task's ``eval.split`` is read
-once, at the end; with ``eval_every > 0`` the best step is chosen on the *train* task's validation split, so the
-reported score is never the one used for selection unless the two coincide (in-domain cells with eval.split
-validation).
+Selection: with ``eval_every: 0`` (the grid default) the last step is kept, trained on the whole train split; with
+``eval_every > 0`` the best step is chosen on the selection slice held out from the *train* task's train split
+(:mod:`softprompt.tasks.selection`, the one cut ``softprompt train`` makes), never on a split a cell reports. The
+cell's record says which (``selection``).
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from softprompt.prompt_design import design_prompt
 from softprompt.prompted import PromptedModel
 from softprompt.promptfile import atomic_write
 from softprompt.tasks import Example, Task, get_task
+from softprompt.tasks.selection import SelectionSplit, selection_split
 from softprompt.trainer import TrainConfig, train_prompt
 
 __all__ = ["RunSummary", "load_cells", "reusable", "run_cell", "run_experiment"]
@@ -69,6 +70,7 @@ class _Data:
         self.data_dir = Path(config.data_dir) if config.data_dir else None
         self._tasks: dict[str, Task] = {}
         self._examples: dict[tuple[str, str], list[Example]] = {}
+        self._cuts: dict[tuple[str, int | None], SelectionSplit] = {}
 
     def task(self, name: str) -> Task:
         if name not in self._tasks:
@@ -80,6 +82,22 @@ class _Data:
         if key not in self._examples:
             self._examples[key] = self.task(name).examples(split, self.data_dir, limit=limit)
         return self._examples[key]
+
+    def cut(self, name: str, limit: int | None) -> SelectionSplit:
+        """The train split less its selection slice (cut to the grid's train_limit) and the slice (cut to ``limit``)."""
+        key = (name, limit)
+        if key not in self._cuts:
+            self._cuts[key] = selection_split(self.task(name), self.data_dir, limit=limit,
+                                              train_limit=self.config.train_limit)
+        return self._cuts[key]
+
+    def training(self, name: str, eval_every: int, eval_limit: int | None
+                 ) -> tuple[list[Example], list[Example] | None, dict[str, Any]]:
+        """(train, selection, what identifies the slice): the whole train split when nothing is selected."""
+        if not eval_every:
+            return self.examples(name, "train", self.config.train_limit), None, {}
+        cut = self.cut(name, eval_limit)
+        return cut.train, cut.selection, cut.info
 
 
 def cell_path(config: ExperimentConfig, cell: Cell) -> Path:
@@ -136,23 +154,23 @@ def run_cell(config: ExperimentConfig, cell: Cell, backbone: Backbone, data: _Da
     instruction = ""
     extra: dict[str, Any] = {}
     train_metrics: dict[str, Any] = {}
+    selection_info: dict[str, Any] = {}
     tuned: Backbone | None = None
     settings = method_settings(config, cell)
     if isinstance(settings, TrainConfig):
         tc = settings
-        validation = data.examples(cell.train_task, "validation", tc.eval_limit) if tc.eval_every else None
-        train = data.examples(cell.train_task, "train", config.train_limit)
+        train, selection, selection_info = data.training(cell.train_task, tc.eval_every, tc.eval_limit)
         # The prompt file and its resume checkpoint live beside the cells: a killed cell continues where it was.
         result = train_prompt(backbone, train_task, train, tc, config.out_dir / "prompts" / f"{cell.id}.safetensors",
-                              validation=validation, resume=True, progress=progress)
+                              selection=selection, selection_info=selection_info, resume=True, progress=progress)
         pm = PromptedModel(backbone, PromptBank(result.prompt.unsqueeze(0)))
         train_metrics = result.metrics
     elif isinstance(settings, ModelTuneConfig):
         mc = settings
-        validation = data.examples(cell.train_task, "validation", mc.eval_limit) if mc.eval_every else None
-        train = data.examples(cell.train_task, "train", config.train_limit)
+        train, selection, selection_info = data.training(cell.train_task, mc.eval_every, mc.eval_limit)
         out = config.out_dir / "models" / cell.id if config.keep_models else None
-        mt = tune_model(backbone, train_task, train, mc, out, validation=validation, progress=progress)
+        mt = tune_model(backbone, train_task, train, mc, out, selection=selection, selection_info=selection_info,
+                        progress=progress)
         tuned = mt.backbone
         pm = PromptedModel(tuned, PromptBank(torch.zeros(1, 0, tuned.hidden_size)))
         train_metrics = mt.metrics
@@ -184,6 +202,7 @@ def run_cell(config: ExperimentConfig, cell: Cell, backbone: Backbone, data: _Da
         "trainable_params": task_parameters(cell.method, model_parameters=n_params,
                                             hidden_size=backbone.hidden_size, prompt_length=cell.prompt_length),
         "train": train_metrics,
+        "selection": selection_info,
         "config": method_config(config, cell),
         "train_limit": config.train_limit,
         "seconds": round(time.perf_counter() - t0, 2),

@@ -251,10 +251,7 @@ def needed_files(config: ExperimentConfig) -> list[tuple[str, str, Path]]:
     for c in cells(config):
         need.add((c.eval_task, config.eval.split))
         if c.method != "prompt-design":
-            need.add((c.train_task, "train"))
-            settings = config.prompt_tuning if c.method == "prompt-tuning" else config.model_tuning
-            if settings.eval_every:
-                need.add((c.train_task, "validation"))
+            need.add((c.train_task, "train"))  # selection (eval_every > 0) holds out a slice of it
         elif c.shots:
             need.add((c.eval_task, "train"))
     return [(t, s, get_task(t).split_path(s, data_dir)) for t, s in sorted(need)]

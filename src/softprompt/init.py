@@ -5,11 +5,13 @@ All return a ``[P, H]`` float32 tensor in the space the model consumes (see :mod
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Literal
 
 import torch
 from torch import Tensor
+from transformers import PreTrainedTokenizerBase
 
 from softprompt.backbone import Backbone
 
@@ -21,11 +23,50 @@ INITS: tuple[str, ...] = ("uniform", "sampled-vocab", "class-label", "text")
 TOP_VOCAB = 5000
 
 
+# Vocabulary entries that are not text a prompt should start from, whatever the tokenizer family marks special:
+# SentencePiece byte fallback (<0x0A>) and reserved slots (Gemma's <unused17>, BERT's [unused3]).
+_BYTE_PIECE = re.compile(r"<0x[0-9A-Fa-f]{2}>")
+_UNUSED_PIECE = re.compile(r"<unused\d+>|\[unused\d+\]")
+
+
+def _visible(text: str) -> bool:
+    """True if ``text`` holds a visible character and is whole text (not one byte of a multi-byte character)."""
+    return "\ufffd" not in text and any(ch.isprintable() and not ch.isspace() for ch in text)
+
+
+def plain_token_ids(tokenizer: PreTrainedTokenizerBase, vocab_size: int, top: int = TOP_VOCAB) -> list[int]:
+    """The ``top`` lowest ids whose token is plain text, in id order.
+
+    Left out: special tokens; added tokens (Gemma adds formatting tokens such as ``<start_of_turn>``, HTML tags and
+    whitespace runs, special or not); byte tokens (SentencePiece's ``<0x..>`` fallback, and a byte-level
+    vocabulary's single bytes that are part of a multi-byte character: they decode to U+FFFD on their own); reserved
+    ``<unusedN>`` slots; and tokens that decode to whitespace or control characters only (SentencePiece ``▁``,
+    byte-level ``Ġ``, ``Ċ``, ``ĉ`` and their runs). Decoding each token, rather than matching each family's marker
+    characters, treats every tokenizer family alike.
+    """
+    excluded = set(tokenizer.all_special_ids) | set(getattr(tokenizer, "added_tokens_decoder", {}))
+    n = min(vocab_size, len(tokenizer))
+    out: list[int] = []
+    chunk = max(2 * top, 1024)
+    for start in range(0, n, chunk):
+        ids = [i for i in range(start, min(n, start + chunk)) if i not in excluded]
+        pieces = tokenizer.convert_ids_to_tokens(ids)
+        texts = tokenizer.batch_decode([[i] for i in ids])
+        for i, piece, text in zip(ids, pieces, texts, strict=True):
+            if piece is None or _BYTE_PIECE.fullmatch(piece) or _UNUSED_PIECE.fullmatch(piece) or not _visible(text):
+                continue
+            out.append(i)
+            if len(out) == top:
+                return out
+    return out
+
+
 def common_token_ids(backbone: Backbone, top: int = TOP_VOCAB) -> Tensor:
-    """Ids of the ``top`` lowest-id tokens that are not special tokens: [≤ top]."""
-    special = set(backbone.tokenizer.all_special_ids)
-    ids = [i for i in range(min(backbone.vocab_size, len(backbone.tokenizer))) if i not in special]
-    return torch.tensor(ids[:top], dtype=torch.long)
+    """Ids of the ``top`` lowest-id plain-text tokens (see :func:`plain_token_ids`): [≤ top]."""
+    ids = plain_token_ids(backbone.tokenizer, backbone.vocab_size, top)
+    if not ids:
+        raise ValueError(f"{backbone.name}: no plain-text token to sample a prompt from")
+    return torch.tensor(ids, dtype=torch.long)
 
 
 def sampled_vocab(backbone: Backbone, length: int, generator: torch.Generator) -> Tensor:

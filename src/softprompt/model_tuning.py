@@ -53,7 +53,7 @@ class ModelTuneConfig:
     weight_decay: float = 0.01
     seed: int = 0
     eval_every: int = 50
-    """steps between validation evals (0: only at the end); the best model by the task's metric is kept"""
+    """steps between selection evals (0: only at the end); the best model by the task's metric is kept"""
     eval_limit: int | None = 200
     eval_batch_size: int = 32
     max_input_tokens: int = 256
@@ -71,7 +71,7 @@ class ModelTuneConfig:
 
 @dataclass
 class ModelTuneResult:
-    backbone: Backbone  # the tuned copy (the selected step's weights when a validation set was given)
+    backbone: Backbone  # the tuned copy (the selected step's weights when a selection set was given)
     metrics: dict[str, Any] = field(default_factory=dict)
     losses: list[float] = field(default_factory=list)
 
@@ -110,11 +110,13 @@ def tune_model(
     config: ModelTuneConfig,
     out: Path | None = None,
     *,
-    validation: list[Example] | None = None,
+    selection: list[Example] | None = None,
+    selection_info: dict[str, Any] | None = None,
     progress: bool = True,
 ) -> ModelTuneResult:
     """Fine-tune all weights of a copy of ``backbone`` on ``train_examples``; write the selected model to ``out``
-    (when given). With ``validation`` the best step by the task's primary metric is kept, else the last."""
+    (when given). With ``selection`` (a slice held out from train, see :func:`softprompt.trainer.train_prompt`) the
+    best step by the task's primary metric is kept, else the last."""
     if not train_examples:
         raise ValueError("no training examples")
     tc = config.as_train_config()
@@ -144,9 +146,9 @@ def tune_model(
             optimizer.step()
             losses.append(total)
             done = step + 1
-            if validation and ((config.eval_every and done % config.eval_every == 0) or done == config.steps):
+            if selection and ((config.eval_every and done % config.eval_every == 0) or done == config.steps):
                 with torch.no_grad():
-                    scores, _ = evaluate(pm, task, validation, batch_size=config.eval_batch_size,
+                    scores, _ = evaluate(pm, task, selection, batch_size=config.eval_batch_size,
                                          max_input_tokens=config.max_input_tokens)
                 history.append({"step": done, **scores})
                 metric = scores[task.primary_metric]
@@ -166,10 +168,12 @@ def tune_model(
     metrics: dict[str, Any] = {"steps": config.steps, "trainable_params": n_params,
                                "train_seconds": round(time.perf_counter() - t0, 2)}
     if best_metric is not None:
-        metrics.update({f"best_val_{task.primary_metric}": best_metric, "best_step": best_step})
+        metrics.update({f"best_selection_{task.primary_metric}": best_metric, "best_step": best_step})
     if out is not None:
         save_model_folder(tuned, Path(out), {"method": "model-tuning", "base_model": backbone.name,
                                              "task": task.name, "train_config": asdict(config),
                                              "metrics": metrics, "history": history,
+                                             "selection": {**(selection_info or {}), "examples": len(selection)}
+                                             if selection else {},
                                              "loss_first": losses[0], "loss_last": losses[-1]})
     return ModelTuneResult(tuned, metrics, losses)

@@ -45,6 +45,7 @@ class PromptMeta:
     verbalizer: dict[str, str] = field(default_factory=dict)
     train_config: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
+    selection: dict[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
 
     @classmethod

@@ -64,9 +64,9 @@ class TrainConfig:
     weight_decay: float = 1e-5
     seed: int = 0
     eval_every: int = 50
-    """steps between validation evals (0: only at the end); the best prompt by the task's metric is kept"""
+    """steps between selection evals (0: only at the end); the best prompt by the task's metric is kept"""
     eval_limit: int | None = 200
-    """validation examples per eval (None: all)"""
+    """selection examples per eval (None: all)"""
     eval_batch_size: int = 32
     save_every: int = 10
     """steps between resume checkpoints"""
@@ -188,12 +188,16 @@ def train_prompt(
     config: TrainConfig,
     out: Path,
     *,
-    validation: list[Example] | None = None,
+    selection: list[Example] | None = None,
+    selection_info: dict[str, Any] | None = None,
     resume: bool = False,
     progress: bool = True,
     dist: DistContext | None = None,
 ) -> TrainResult:
-    """Train a prompt and write it to ``out`` (the best one by validation metric when ``validation`` is given).
+    """Train a prompt and write it to ``out`` (the best one by the task's metric on ``selection`` when given).
+
+    ``selection`` must not share examples with any split that is reported: a slice held out from train
+    (:func:`softprompt.tasks.selection.selection_split`), whose ``info`` is ``selection_info``, recorded in the file.
 
     With ``dist``, every process calls this with the same arguments; each takes its block of every micro-batch,
     only the main process writes ``out``, the checkpoint and the logs, and the result is the main process's.
@@ -257,17 +261,17 @@ def train_prompt(
             state.step = step + 1
             record: dict[str, Any] = {"step": state.step, "loss": total, "step_seconds": time.perf_counter() - t0}
             final = state.step == config.steps
-            if validation and ((config.eval_every and state.step % config.eval_every == 0) or final):
+            if selection and ((config.eval_every and state.step % config.eval_every == 0) or final):
                 with torch.no_grad():
-                    last_eval, _ = evaluate(pm, task, validation, batch_size=config.eval_batch_size,
+                    last_eval, _ = evaluate(pm, task, selection, batch_size=config.eval_batch_size,
                                             max_input_tokens=config.max_input_tokens)
                 metric = last_eval[task.primary_metric]
-                record.update({f"val_{k}": v for k, v in last_eval.items()})
+                record.update({f"selection_{k}": v for k, v in last_eval.items()})
                 state.history.append({"step": state.step, **last_eval})
                 if state.best_metric is None or metric > state.best_metric:
                     state.best_metric, state.best_step = metric, state.step
                     best_prompt = pm.bank.weight[0].detach().clone()
-            if log is not None and (state.step % config.log_every == 0 or "val_" + task.primary_metric in record):
+            if log is not None and (state.step % config.log_every == 0 or "selection_" + task.primary_metric in record):
                 log.write(record)
             bar.set_postfix(loss=f"{total:.4f}", **({task.primary_metric: f"{last_eval[task.primary_metric]:.3f}"}
                                                     if last_eval else {}))
@@ -282,9 +286,11 @@ def train_prompt(
     chosen = best_prompt if best_prompt is not None else pm.bank.weight[0].detach()
     metrics: dict[str, Any] = {"steps": state.step, "lr": lr}
     if state.best_metric is not None:
-        metrics.update({f"best_val_{task.primary_metric}": state.best_metric, "best_step": state.best_step})
+        metrics.update({f"best_selection_{task.primary_metric}": state.best_metric, "best_step": state.best_step})
     meta = PromptMeta.for_backbone(backbone, config.prompt_length, init=config.init, task=task.name,
-                                   verbalizer=dict(task.verbalizer), train_config=config_dict, metrics=metrics)
+                                   verbalizer=dict(task.verbalizer), train_config=config_dict, metrics=metrics,
+                                   selection={**(selection_info or {}), "examples": len(selection)} if selection
+                                   else {})
     if main:
         save_prompt(out, chosen, meta)
     if dist is not None:

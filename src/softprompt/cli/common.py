@@ -12,7 +12,9 @@ from softprompt.backbone import Backbone, load_backbone
 from softprompt.models import DEFAULT_MODEL, ModelNotInstalledError
 from softprompt.precision import DTYPES, resolve_precision
 from softprompt.promptfile import PromptFileError
-from softprompt.tasks import Task, TaskDataError, get_task
+from softprompt.tasks import Example, Task, TaskDataError, get_task
+from softprompt.tasks.base import first_examples
+from softprompt.tasks.selection import SELECTION_SEED, recorded_selection, selected_on, selection_split
 
 
 class UsageError(ValueError):
@@ -49,7 +51,9 @@ def add_task(parser: argparse.ArgumentParser, required: bool = True) -> None:
     parser.add_argument("--template", help="data-file tasks: input template with {field} placeholders")
     parser.add_argument("--label-field", help="data-file tasks: field with the label or target text")
     parser.add_argument("--verbalizer", help='data-file tasks: JSON label → text, e.g. \'{"0": " no", "1": " yes"}\'')
-    parser.add_argument("--validation-file", help="data-file tasks: validation data (default: the train file)")
+    parser.add_argument("--validation-file",
+                        help="data-file tasks: the validation split, what `eval` reports (without it the task has "
+                             "none); training selects on a slice held out from the train file either way")
 
 
 def task_from_args(args: argparse.Namespace) -> Task:
@@ -65,6 +69,71 @@ def task_from_args(args: argparse.Namespace) -> Task:
     return get_task(args.task, template=getattr(args, "template", None),
                     label_field=getattr(args, "label_field", None), verbalizer=verbalizer,
                     validation=getattr(args, "validation_file", None))
+
+
+def add_split(parser: argparse.ArgumentParser) -> None:
+    """--split, --limit and --selection-size of the commands that score a split."""
+    parser.add_argument("--split", default="validation",
+                        help="validation (default: the reported split), train, or selection: the slice held out "
+                             "from train that training chose the checkpoint on, scored under that name (a prompt "
+                             "file's own slice, as its file records it)")
+    parser.add_argument("--limit", type=int, default=None,
+                        help="first N examples of the split (extended to the end of a group, e.g. a MultiRC question)")
+    parser.add_argument("--selection-size", type=int, default=None,
+                        help=f"--split selection without a prompt file: the slice's size (default as in `train`; "
+                             f"seed {SELECTION_SEED})")
+
+
+def selection_record(path: str | Path, selection: dict[str, Any], metrics: dict[str, Any],
+                     train_config: dict[str, Any]) -> tuple[str, str | None, dict[str, Any]]:
+    """(where, the split it was selected on, its selection record) for a prompt file or a model folder."""
+    return str(path), selected_on(selection, metrics, train_config), selection
+
+
+def model_folder_record(model: str) -> list[tuple[str, str | None, dict[str, Any]]]:
+    """The selection record of a model folder written by ``train --method model-tuning`` (none for other models)."""
+    info_path = Path(model) / "model_tuning.json"
+    if not info_path.is_file():
+        return []
+    info = json.loads(info_path.read_text())
+    return [selection_record(model, info.get("selection") or {}, info.get("metrics") or {},
+                             info.get("train_config") or {})]
+
+
+def split_examples(task: Task, args: argparse.Namespace, records: list[tuple[str, str | None, dict[str, Any]]]
+                   ) -> tuple[list[Example], dict[str, Any]]:
+    """The examples ``--split`` names and, for ``--split selection``, the slice's record.
+
+    Refuses (exit 2) to score a prompt or model on the split it was selected on: that score is not a held-out one.
+    ``records``: (where, selected on, selection record) of each prompt file or model folder being scored.
+    """
+    for where, selected, info in records:
+        if selected is not None and selected == args.split:
+            legacy = "" if info else (" (its file predates held-out selection: the best step was picked on the first "
+                                   "examples of the validation split; retrain it to report a validation score)")
+            raise UsageError(f"{where} was selected on the {selected!r} split{legacy}; a score there is not a "
+                             "held-out score. Report --split validation, or score the selection slice under its own "
+                             "name with --split selection")
+    if args.split != "selection":
+        return task.examples(args.split, args.data_dir, limit=args.limit), {}
+    if not records:
+        cut = selection_split(task, args.data_dir, size=args.selection_size)
+        return first_examples(cut.selection, args.limit, task.group_key), cut.info
+    slices = {json.dumps({k: v for k, v in info.items() if k != "examples"}, sort_keys=True) for *_, info in records}
+    where, _, info = records[0]
+    if not info:
+        raise UsageError(f"{where} records no selection slice (trained with --no-eval, or before slices were "
+                         "recorded): there is no selection split to score")
+    if len(slices) > 1:
+        raise UsageError("the prompts were selected on different slices; score them one at a time")
+    if args.selection_size is not None and args.selection_size != info.get("size"):
+        raise UsageError(f"--selection-size {args.selection_size} differs from the slice {where} was selected on "
+                         f"({info.get('size')} examples); leave it out")
+    try:
+        examples = recorded_selection(task, info, args.data_dir)
+    except TaskDataError as err:
+        raise UsageError(f"{where}: {err}") from None
+    return first_examples(examples, args.limit, task.group_key), info
 
 
 def backbone_from_args(args: argparse.Namespace) -> Backbone:

@@ -8,9 +8,19 @@ import json
 import time
 from pathlib import Path
 
-from softprompt.cli.common import UsageError, add_model, add_task, backbone_from_args, emit, task_from_args
+from softprompt.cli.common import (
+    UsageError,
+    add_model,
+    add_split,
+    add_task,
+    backbone_from_args,
+    emit,
+    selection_record,
+    split_examples,
+    task_from_args,
+)
 from softprompt.ensemble import Ensemble, EnsembleResult
-from softprompt.promptfile import atomic_write
+from softprompt.promptfile import atomic_write, load_prompt
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -19,8 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_task(p)
     p.add_argument("--prompt", action="append", required=True, metavar="FILE",
                    help="prompt file (.safetensors); repeat for each member of the ensemble")
-    p.add_argument("--split", default="validation")
-    p.add_argument("--limit", type=int, default=None, help="first N examples of the split")
+    add_split(p)
     p.add_argument("--batch-size", type=int, default=64,
                    help="rows per forward pass (examples × choices × prompts are chunked into rows): the memory budget")
     p.add_argument("--max-input-tokens", type=int, default=256)
@@ -48,7 +57,9 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
     task = task_from_args(args)
-    examples = task.examples(args.split, args.data_dir, limit=args.limit)
+    metas = [load_prompt(p).meta for p in args.prompt]
+    examples, selection = split_examples(task, args, [selection_record(p, m.selection, m.metrics, m.train_config)
+                                                      for p, m in zip(args.prompt, metas, strict=True)])
     backbone = backbone_from_args(args)
     names = [Path(p).stem for p in args.prompt]
     if len(set(names)) != len(names):  # two runs/x.safetensors from different folders: keep them apart
@@ -57,7 +68,8 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     result = ensemble.evaluate(task, examples, batch_size=args.batch_size, max_input_tokens=args.max_input_tokens,
                                max_new_tokens=args.max_new_tokens, progress=args.progress)
-    summary = {"model": args.model, "split": args.split, "seconds": round(time.perf_counter() - t0, 2),
+    summary = {"model": args.model, "split": args.split, **({"selection": selection} if selection else {}),
+               "seconds": round(time.perf_counter() - t0, 2),
                "prompt_files": list(args.prompt), **result.to_dict()}
     if args.out is not None:
         atomic_write(args.out, lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n"))

@@ -9,7 +9,18 @@ import torch
 
 from softprompt.backbone import Backbone
 from softprompt.bank import PromptBank
-from softprompt.cli.common import UsageError, add_model, add_task, backbone_from_args, emit, task_from_args
+from softprompt.cli.common import (
+    UsageError,
+    add_model,
+    add_split,
+    add_task,
+    backbone_from_args,
+    emit,
+    model_folder_record,
+    selection_record,
+    split_examples,
+    task_from_args,
+)
 from softprompt.evaluate import evaluate, score_choices
 from softprompt.methods import count_parameters, task_parameters
 from softprompt.prompt_design import design_prompt
@@ -31,8 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="prompt-design: K demonstrations from the train split that fit --max-input-tokens (0: "
                         "zero-shot)")
     p.add_argument("--seed", type=int, default=0, help="prompt-design: seed for sampling the demonstrations")
-    p.add_argument("--split", default="validation")
-    p.add_argument("--limit", type=int, default=None, help="first N examples of the split")
+    add_split(p)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--max-input-tokens", type=int, default=256)
     p.add_argument("--max-new-tokens", type=int, default=32)
@@ -69,7 +79,12 @@ def run_eval(args: argparse.Namespace) -> int:
         raise UsageError(f"--method {args.method} uses no --prompt")
     if args.shots and args.method != "prompt-design":
         raise UsageError("--shots is for --method prompt-design")
-    examples = task.examples(args.split, args.data_dir, limit=args.limit)
+    if args.prompt:
+        meta = load_prompt(args.prompt).meta
+        records = [selection_record(args.prompt, meta.selection, meta.metrics, meta.train_config)]
+    else:
+        records = model_folder_record(args.model) if args.method == "model-tuning" else []
+    examples, selection = split_examples(task, args, records)
     pool = task.examples("train", args.data_dir) if args.shots else []
     backbone = backbone_from_args(args)
     extra: dict = {}
@@ -91,8 +106,8 @@ def run_eval(args: argparse.Namespace) -> int:
                           max_input_tokens=args.max_input_tokens, max_new_tokens=args.max_new_tokens,
                           progress=args.progress)
     emit({"task": task.name, "model": args.model, "method": args.method, "split": args.split,
-          "examples": len(examples), "seconds": round(time.perf_counter() - t0, 2), "trainable_params": trainable,
-          **extra, **metrics}, args.json)
+          **({"selection": selection} if selection else {}), "examples": len(examples),
+          "seconds": round(time.perf_counter() - t0, 2), "trainable_params": trainable, **extra, **metrics}, args.json)
     return 0
 
 

@@ -14,6 +14,8 @@ from softprompt.init import INITS
 from softprompt.methods import task_parameters
 from softprompt.model_tuning import ModelTuneConfig, tune_model
 from softprompt.precision import PRECISIONS, enable_gradient_checkpointing
+from softprompt.tasks import Example, Task
+from softprompt.tasks.selection import SELECTION_SEED, selection_split
 from softprompt.trainer import AUTO_LR_SCALE, RECIPES, TrainConfig, train_prompt
 
 
@@ -49,12 +51,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seeds", default=None,
                    help="comma-separated seeds, e.g. 1,2,3: one run per seed, each written to OUT-seed{S}.safetensors "
                         "(the prompts of an ensemble)")
-    p.add_argument("--eval-every", type=int, default=d.eval_every, help="0: evaluate only at the end")
-    p.add_argument("--eval-limit", type=int, default=d.eval_limit, help="validation examples per eval")
-    p.add_argument("--no-eval", action="store_true", help="no validation; keep the last prompt")
+    p.add_argument("--eval-every", type=int, default=d.eval_every,
+                   help="steps between evals on the selection slice; the best step is kept (0: evaluate only at "
+                        "the end)")
+    p.add_argument("--selection-size", type=int, default=None,
+                   help="examples held out from the train split to select the best step on (default: 10%% of "
+                        "train, at least 32 and at most 500, at most half; whole groups, fixed seed "
+                        f"{SELECTION_SEED}; cut before --train-limit). The validation split (a file task's "
+                        "--validation-file) is never used for selection: it is what `softprompt eval` reports")
+    p.add_argument("--eval-limit", type=int, default=None,
+                   help="score only the first N examples of the selection slice per eval (default: all of it)")
+    p.add_argument("--no-eval", action="store_true",
+                   help="no selection: train on the whole train split and keep the last step")
     p.add_argument("--save-every", type=int, default=d.save_every, help="steps between resume checkpoints")
     p.add_argument("--max-input-tokens", type=int, default=d.max_input_tokens)
-    p.add_argument("--train-limit", type=int, default=None, help="use only the first N training examples")
+    p.add_argument("--train-limit", type=int, default=None,
+                   help="use only the first N training examples (of those the selection slice leaves)")
     p.add_argument("--resume", action="store_true", help="continue from OUT's checkpoint if there is one")
     p.add_argument("--precision", choices=PRECISIONS, default=None,
                    help="backbone weights dtype; the prompt stays fp32 (default: accelerate's --mixed_precision, "
@@ -122,6 +134,16 @@ def model_tune_config_from_args(args: argparse.Namespace) -> ModelTuneConfig:
                            eval_limit=args.eval_limit, max_input_tokens=args.max_input_tokens)
 
 
+def split_train(task: Task, args: argparse.Namespace, eval_limit: int | None
+                ) -> tuple[list[Example], list[Example] | None, dict]:
+    """(train, selection, what identifies the selection slice); with --no-eval all of train and no selection."""
+    if args.no_eval:
+        return task.examples("train", args.data_dir, limit=args.train_limit), None, {}
+    cut = selection_split(task, args.data_dir, size=args.selection_size, limit=eval_limit,
+                          train_limit=args.train_limit)
+    return cut.train, cut.selection, cut.info
+
+
 def run_model_tuning(args: argparse.Namespace) -> int:
     if args.out.suffix == ".safetensors" or args.out.is_file():
         raise UsageError(f"--method model-tuning writes a model folder; --out {args.out} looks like a file")
@@ -134,14 +156,13 @@ def run_model_tuning(args: argparse.Namespace) -> int:
             raise UsageError(f"{flag} is for prompt tuning, not --method model-tuning")
     config = model_tune_config_from_args(args)
     task = task_from_args(args)
-    train = task.examples("train", args.data_dir, limit=args.train_limit)
-    validation = None if args.no_eval else task.examples("validation", args.data_dir, limit=config.eval_limit)
+    train, selection, info = split_train(task, args, config.eval_limit)
     backbone = backbone_from_args(args)
     t0 = time.perf_counter()
-    result = tune_model(backbone, task, train, config, args.out, validation=validation,
+    result = tune_model(backbone, task, train, config, args.out, selection=selection, selection_info=info,
                         progress=not args.no_progress)
     emit({"out": str(args.out), "task": task.name, "model": args.model, "method": "model-tuning",
-          "seconds": round(time.perf_counter() - t0, 2), **result.metrics}, args.json)
+          "seconds": round(time.perf_counter() - t0, 2), "selection": info, **result.metrics}, args.json)
     return 0
 
 
@@ -153,8 +174,8 @@ def run(args: argparse.Namespace) -> int:
     seeds = parse_seeds(args.seeds) if args.seeds else None
     config = config_from_args(args)
     task = task_from_args(args)
-    train = task.examples("train", args.data_dir, limit=args.train_limit)
-    validation = None if args.no_eval else task.examples("validation", args.data_dir, limit=config.eval_limit)
+    # One slice for every seed: the prompts of an ensemble are selected on the same held-out examples.
+    train, selection, info = split_train(task, args, config.eval_limit)
     dist = DistContext.from_env()
     if dist is not None and args.device is None:
         args.device = str(dist.device)  # cuda:LOCAL_RANK on a GPU node
@@ -172,13 +193,13 @@ def run(args: argparse.Namespace) -> int:
         (replace(config, seed=s), seed_out(args.out, s)) for s in seeds]
     for cfg, out in runs:
         t0 = time.perf_counter()
-        result = train_prompt(backbone, task, train, cfg, out, validation=validation, resume=args.resume,
-                              progress=not args.no_progress, dist=dist)
+        result = train_prompt(backbone, task, train, cfg, out, selection=selection, selection_info=info,
+                              resume=args.resume, progress=not args.no_progress, dist=dist)
         if dist is not None and not dist.is_main:
             continue  # the main process reports
         emit({"out": str(out), "task": task.name, "model": args.model, "method": "prompt-tuning",
               **({"seed": cfg.seed} if seeds else {}), "seconds": round(time.perf_counter() - t0, 2),
-              "trainable_params": trainable, **result.metrics}, args.json)
+              "trainable_params": trainable, "selection": info, **result.metrics}, args.json)
     if dist is not None:  # on success only: after a failure the others may be inside a collective, never at a barrier
         dist.close()
     return 0

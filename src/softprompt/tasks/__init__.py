@@ -8,6 +8,7 @@ from softprompt.tasks.base import Example, Task, TaskDataError, resolve_data_dir
 from softprompt.tasks.generic import FileTask, FileTaskSpec
 from softprompt.tasks.glue import MRPC, QQP, RTE, SST2
 from softprompt.tasks.mrqa import RelationExtraction, SQuAD
+from softprompt.tasks.selection import SelectionSplit, selection_split
 from softprompt.tasks.superglue import CB, COPA, WSC, BoolQ, MultiRC, ReCoRD, WiC
 
 # Every built-in task, in `softprompt tasks` order: SuperGLUE, GLUE, MRQA.
@@ -32,4 +33,5 @@ def get_task(name: str, **file_options: object) -> Task:
                         "(or give a .jsonl/.csv/.tsv data file or a .yaml task spec)")
 
 
-__all__ = ["TASKS", "Example", "FileTask", "FileTaskSpec", "Task", "TaskDataError", "get_task", "resolve_data_dir"]
+__all__ = ["TASKS", "Example", "FileTask", "FileTaskSpec", "SelectionSplit", "Task", "TaskDataError", "get_task",
+           "resolve_data_dir", "selection_split"]

@@ -25,7 +25,7 @@ class Example:
 
     ``choices`` are the candidate targets of rank classification (None: a generation task); ``target`` is one of
     them for classification. ``answers`` are every acceptable answer of a generation task (metrics take the max).
-    ``meta`` carries what grouped metrics need (MultiRC's question id, say).
+    ``meta`` carries what grouped metrics need (MultiRC's question id, say) and the task's ``group_key``.
     """
 
     input: str
@@ -46,16 +46,21 @@ class Task(ABC):
     primary_metric: ClassVar[str] = "accuracy"
     metric_names: ClassVar[tuple[str, ...]] = ("accuracy",)  # the keys :meth:`metrics` returns
     text_template: ClassVar[str] = "{text}"  # how `softprompt predict` formats one raw text into an input
+    group_key: ClassVar[str | None] = None
+    """``Example.meta`` key of the unit that is never split (a MultiRC question, a ReCoRD or SQuAD passage): limits
+    and the selection slice (:mod:`softprompt.tasks.selection`) take or leave a group whole. None: every example
+    stands alone."""
 
     def examples(self, split: str, data_dir: Path | None = None, limit: int | None = None) -> list[Example]:
-        """Read a split from the data root (``--data-dir``, ``SOFTPROMPT_DATA_DIR``, or ``../shared/data``)."""
+        """Read a split from the data root (``--data-dir``, ``SOFTPROMPT_DATA_DIR``, or ``../shared/data``);
+        ``limit``: the first ``limit`` examples, cut at a group boundary (see :func:`first_examples`)."""
         path = self.split_path(split, data_dir)
         if not path.is_file():
             raise TaskDataError(f"task {self.name!r}: data file not found: {path}")
         rows = self.read(path)
         if not rows:
             raise TaskDataError(f"task {self.name!r}: split {split!r} in {path} is empty")
-        return rows[:limit] if limit is not None else rows
+        return first_examples(rows, limit, self.group_key)
 
     def split_path(self, split: str, data_dir: Path | None) -> Path:
         if split not in self.splits:
@@ -86,6 +91,25 @@ def resolve_data_dir(data_dir: Path | str | None = None) -> Path:
         return Path(data_dir)
     env = os.environ.get("SOFTPROMPT_DATA_DIR")
     return Path(env) if env else Path("..") / "shared" / "data"
+
+
+def first_examples(rows: Sequence[Example], limit: int | None, group_key: str | None = None) -> list[Example]:
+    """The first ``limit`` examples (None: all), extended to the end of the group the last of them is in.
+
+    Rounding up rather than down keeps every limit non-empty and never leaves part of a group behind: a MultiRC
+    question's answer options are scored together (exact match needs all of them), so half a question would be
+    scored as a different question. Groups are contiguous in every task's files.
+    """
+    if limit is None or limit >= len(rows):
+        return list(rows)
+    if limit < 0:
+        raise ValueError(f"a limit must be >= 0, got {limit}")
+    end = limit
+    if group_key is not None and end > 0:
+        last = rows[end - 1].meta[group_key]
+        while end < len(rows) and rows[end].meta[group_key] == last:
+            end += 1
+    return list(rows[:end])
 
 
 def hold_out_tail(rows: Sequence[Example], split: str, key: str, size: int, where: str) -> list[Example]:

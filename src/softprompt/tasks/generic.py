@@ -4,6 +4,10 @@ On the command line: ``--task data.jsonl --template "Review: {text}\\nSentiment:
 --verbalizer '{"0": " negative", "1": " positive"}' [--validation-file dev.jsonl]``, or all of it in a YAML file
 (``--task mytask.yaml``) with the keys of :class:`FileTaskSpec`. Without a verbalizer the label field holds free
 target text and the task is evaluated by generation (exact match).
+
+The validation file is the reported split; without one the task has no validation split (reading it is an error
+that names ``--validation-file``: a train file is no evidence of generalisation). Training selects its checkpoint
+on a slice held out from the train file either way (:mod:`softprompt.tasks.selection`).
 """
 
 from __future__ import annotations
@@ -57,11 +61,15 @@ class FileTask(Task):
         self.kind = "classification" if spec.verbalizer else "generation"
         self.verbalizer = dict(spec.verbalizer or {})
         self.instruction = spec.instruction
-        self.splits = {"train": spec.train, "validation": spec.validation or spec.train}
+        self.splits = {"train": spec.train, **({"validation": spec.validation} if spec.validation else {})}
         self.primary_metric = "accuracy" if spec.verbalizer else "exact_match"
         self.metric_names = (self.primary_metric,)
 
     def split_path(self, split: str, data_dir: Path | None) -> Path:
+        if split == "validation" and split not in self.splits:
+            raise TaskDataError(f"task {self.name!r} has no validation data: pass --validation-file FILE (or "
+                                "`validation:` in its YAML spec) to report on held-out examples; training selects "
+                                "on a slice of the train file without one (`softprompt eval --split selection`)")
         if split not in self.splits:
             raise TaskDataError(f"task {self.name!r} has no split {split!r}; it has {', '.join(self.splits)}")
         return Path(self.splits[split])

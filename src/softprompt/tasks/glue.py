@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from softprompt.metrics import accuracy, binary_f1
-from softprompt.tasks.base import Example, Task, TaskDataError, hold_out_tail
+from softprompt.tasks.base import Example, Task, TaskDataError, first_examples, hold_out_tail
 from softprompt.tasks.records import field, read_records
 
 
@@ -111,7 +111,7 @@ class QQP(Task):
     def examples(self, split: str, data_dir: Path | None = None, limit: int | None = None) -> list[Example]:
         path = self.split_path(split, data_dir)
         rows = hold_out_tail(super().examples(split, data_dir), split, "line", self.validation_lines, str(path))
-        return rows[:limit] if limit is not None else rows
+        return first_examples(rows, limit, self.group_key)
 
     def read(self, path: Path) -> list[Example]:
         choices = tuple(self.verbalizer.values())

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from softprompt.metrics import squad_scores
-from softprompt.tasks.base import Example, Task, TaskDataError, hold_out_tail
+from softprompt.tasks.base import Example, Task, TaskDataError, first_examples, hold_out_tail
 from softprompt.tasks.records import field, read_records
 
 
@@ -28,6 +28,7 @@ class MRQATask(Task):
     kind = "generation"
     primary_metric = "f1"
     metric_names = ("exact_match", "f1")
+    group_key = "context"  # the questions of one context are taken or left together
     instruction = "Answer the question with a short span copied from the context.\n"
 
     def read(self, path: Path) -> list[Example]:
@@ -66,7 +67,7 @@ class SQuAD(MRQATask):
     def examples(self, split: str, data_dir: Path | None = None, limit: int | None = None) -> list[Example]:
         path = self.split_path(split, data_dir)
         rows = hold_out_tail(super().examples(split, data_dir), split, "context", self.validation_contexts, str(path))
-        return rows[:limit] if limit is not None else rows
+        return first_examples(rows, limit, self.group_key)
 
 
 class RelationExtraction(MRQATask):

@@ -95,7 +95,8 @@ class MultiRC(Task):
     paragraph + question + option → " yes" (a correct answer) / " no".
 
     ``meta["group"]`` names the option's question ("<paragraph idx>/<question idx>"): exact match counts a question
-    right only when all its options are; F1a pools every option (the official MultiRC metrics).
+    right only when all its options are; F1a pools every option (the official MultiRC metrics). It is the task's
+    ``group_key``: a limit or the selection slice never splits a question's options.
     """
 
     name = "multirc"
@@ -104,6 +105,7 @@ class MultiRC(Task):
     instruction = "Read the paragraph and say whether the candidate answer to the question is correct (yes or no).\n"
     primary_metric = "f1a"
     metric_names = ("exact_match", "f1a")
+    group_key = "group"
 
     def read(self, path: Path) -> list[Example]:
         choices = tuple(self.verbalizer.values())
@@ -144,6 +146,7 @@ class ReCoRD(Task):
     instruction = "Which entity from the passage should replace @placeholder in the query?\n"
     primary_metric = "f1"
     metric_names = ("exact_match", "f1")
+    group_key = "passage"  # the line number of the passage: its queries are taken or left together
 
     def read(self, path: Path) -> list[Example]:
         out = []
@@ -168,7 +171,7 @@ class ReCoRD(Task):
                 if answers[0] not in entities:
                     raise TaskDataError(f"{where}: answer {answers[0]!r} is not one of the passage entities")
                 out.append(Example(f"Passage: {shown}\nQuery: {query}\nAnswer:", f" {answers[0]}", choices, answers,
-                                   meta={"idx": qa.get("idx")}))
+                                   meta={"idx": qa.get("idx"), "passage": lineno}))
         return out
 
     def metrics(self, predictions: Sequence[str], examples: Sequence[Example]) -> dict[str, float]:
