@@ -33,6 +33,7 @@ from softprompt.precision import grad_scaler
 from softprompt.prompted import PromptedModel
 from softprompt.promptfile import PromptMeta, atomic_write, save_prompt
 from softprompt.tasks.base import Example, Task
+from softprompt.tasks.generic import FileTask
 
 if TYPE_CHECKING:
     from softprompt.distributed import DistContext
@@ -253,8 +254,11 @@ def train_prompt(
     metrics: dict[str, Any] = {"steps": state.step}
     if state.best_metric is not None:
         metrics.update({f"best_val_{task.primary_metric}": state.best_metric, "best_step": state.best_step})
+    # The input format the prompt was trained under; prompt tuning prepends no instruction (prompt design does).
+    template = task.spec.template if isinstance(task, FileTask) else task.text_template
     meta = PromptMeta.for_backbone(backbone, config.prompt_length, init=config.init, task=task.name,
-                                   verbalizer=dict(task.verbalizer), train_config=config_dict, metrics=metrics)
+                                   verbalizer=dict(task.verbalizer), train_config=config_dict, metrics=metrics,
+                                   template=template, instruction="")
     if main:
         save_prompt(out, chosen, meta)
     if dist is not None:

@@ -8,7 +8,15 @@ import json
 import time
 from pathlib import Path
 
-from softprompt.cli.common import UsageError, add_model, add_task, backbone_from_args, emit, task_from_args
+from softprompt.cli.common import (
+    UsageError,
+    add_allow_other_model,
+    add_model,
+    add_task,
+    backbone_from_args,
+    emit,
+    task_from_args,
+)
 from softprompt.ensemble import Ensemble, EnsembleResult
 from softprompt.promptfile import atomic_write
 
@@ -19,6 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_task(p)
     p.add_argument("--prompt", action="append", required=True, metavar="FILE",
                    help="prompt file (.safetensors); repeat for each member of the ensemble")
+    add_allow_other_model(p)
     p.add_argument("--split", default="validation")
     p.add_argument("--limit", type=int, default=None, help="first N examples of the split")
     p.add_argument("--batch-size", type=int, default=64,
@@ -53,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     names = [Path(p).stem for p in args.prompt]
     if len(set(names)) != len(names):  # two runs/x.safetensors from different folders: keep them apart
         names = list(args.prompt)
-    ensemble = Ensemble(backbone, args.prompt, names=names)
+    ensemble = Ensemble(backbone, args.prompt, names=names, allow_other_model=args.allow_other_model)
     t0 = time.perf_counter()
     result = ensemble.evaluate(task, examples, batch_size=args.batch_size, max_input_tokens=args.max_input_tokens,
                                max_new_tokens=args.max_new_tokens, progress=args.progress)
