@@ -259,6 +259,7 @@ MALFORMED: list[tuple[str, Any, str]] = [
     #  "KEY" sets a field), value, text the error must contain
     ("header:format_version", "two", "'format_version' must be an integer"),
     ("header:format_version", "1.5", "'format_version' must be an integer"),
+    ("header:format_version", "²", "'format_version' must be an integer"),
     ("header:format_version", "0", "'format_version' is 0"),
     ("header:format_version", None, "'format_version' must be an integer"),
     ("format_version", "2", "'format_version' must be an integer"),

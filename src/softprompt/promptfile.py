@@ -62,7 +62,7 @@ class PromptMeta:
     dtype: str = ""  # the backbone's weight dtype at training time ("float32", "bfloat16"); "" in a version-1 file
     init: str = ""
     task: str = ""
-    template: str = ""  # the task's input template ("{text}" placeholders); "" when not recorded
+    template: str = ""  # the task's input template ({text}, or a file task's {field}s); "" when not recorded
     instruction: str = ""  # text prepended to every input in training ("" for prompt tuning)
     verbalizer: dict[str, str] = field(default_factory=dict)
     selection: dict[str, Any] = field(default_factory=dict)  # what selected the checkpoint: split, size, seed
@@ -232,7 +232,7 @@ def load_prompt(path: str | Path) -> PromptFile:
     except (SafetensorError, OSError, RuntimeError) as err:
         raise PromptFileError(f"{path}: not a readable safetensors file ({err})") from None
     raw = header.get("format_version")
-    if raw is None or not raw.strip().isdigit():
+    if raw is None or not (raw.isascii() and raw.isdigit()):  # ASCII digits only ("²" is a digit to str)
         raise PromptFileError(f"{path}: header field 'format_version' must be an integer, got {raw!r}")
     version = int(raw)
     if version > FORMAT_VERSION:
