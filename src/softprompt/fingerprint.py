@@ -71,12 +71,18 @@ def weight_dtype(model: nn.Module) -> str:
 
 def sample(weight: Tensor) -> Tensor:
     """[min(n, SAMPLE)] float32 values of ``weight`` at fixed positions, on the CPU (only they are copied)."""
+    weight = weight.detach()
+    if hasattr(weight, "full_tensor"):
+        # A block sharded by FSDP2 (a DTensor): its values at global positions are spread over the processes, so it
+        # is gathered whole, one tensor at a time. A collective: every process fingerprints together (the trainer
+        # builds the prompt file's metadata on all of them), and the digest is the unsharded model's.
+        weight = weight.full_tensor()
     n = weight.numel()
     positions = torch.arange(min(n, SAMPLE), dtype=torch.long)
     if n > SAMPLE:
         positions = positions * STRIDE % n
     # torch.take indexes the tensor as if flattened, without making it contiguous first.
-    return torch.take(weight.detach(), positions.to(weight.device)).to("cpu", torch.float32)
+    return torch.take(weight, positions.to(weight.device)).to("cpu", torch.float32)
 
 
 def _sig(x: float) -> float:
