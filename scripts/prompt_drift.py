@@ -24,11 +24,13 @@ def main() -> int:
     parser.add_argument("file")
     parser.add_argument("--model", default=None, help="default: the prompt's base model")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--allow-other-model", action="store_true",
+                        help="use a --model whose weights differ from the prompt's model (a warning, not an error)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     pf = load_prompt(args.file)
     backbone = load_backbone(args.model or pf.meta.base_model)
-    check_compatible(pf, backbone, where=args.file)
+    check_compatible(pf, backbone, where=args.file, allow_other_model=args.allow_other_model)
     cfg = pf.meta.train_config
     labels = list(dict.fromkeys(pf.meta.verbalizer.values()))
     strategy = cfg["init"] if cfg["init"] != "class-label" or labels else "sampled-vocab"

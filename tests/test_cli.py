@@ -52,6 +52,42 @@ def test_train_eval_predict_inspect(tmp_path: Path, toy: Path, tiny_dirs: dict[s
     code, stdout, _ = run(capsys, "inspect", str(out), "--json")
     meta = json.loads(stdout)
     assert code == 0 and meta["prompt_length"] == 4 and meta["task"] == "toy"
+    assert meta["format_version"] == 2 and meta["dtype"] == "float32" and len(meta["model_fingerprint"]) == 64
+    assert meta["template"] == "{text} ->" and meta["instruction"] == ""
+    assert meta["selection"]["split"] == "train" and meta["selection"]["examples"] > 0  # held out from train
+    assert meta["model_probe"].endswith(" sums") and "embedding_fingerprint" not in meta  # counts, not 1000s of floats
+
+
+@pytest.mark.parametrize("command", ["eval", "predict", "ensemble", "inspect"])
+def test_prompt_of_other_weights_needs_allow_other_model(command: str, tmp_path: Path, toy: Path,
+                                                          tiny_dirs: dict[str, Path], capsys) -> None:
+    import torch
+
+    from softprompt.backbone import load_backbone
+    from softprompt.promptfile import PromptMeta, save_prompt
+    from softprompt.tiny import save_tiny
+
+    other = str(save_tiny("gpt2", tmp_path / "other", seed=1))  # the shapes of tiny_dirs["gpt2"], other weights
+    bb = load_backbone(str(tiny_dirs["gpt2"]))
+    prompt = str(tmp_path / "p.safetensors")
+    verbalizer = {"0": " bad", "1": " good"}
+    save_prompt(prompt, torch.randn(3, bb.hidden_size), PromptMeta.for_backbone(bb, 3, task="toy",
+                                                                                 verbalizer=verbalizer))
+    task = ["--task", str(toy), "--template", "{text} ->", "--verbalizer", json.dumps(verbalizer), "--validation-file",
+            str(toy)]
+    argv = {"eval": ["eval", "--model", other, *task, "--prompt", prompt, "--limit", "4", "--json"],
+            "predict": ["predict", "--model", other, "--prompt", prompt, "--raw", "--json", "item 1 good ->"],
+            "ensemble": ["ensemble", "--model", other, *task, "--prompt", prompt, "--limit", "4", "--json"],
+            "inspect": ["inspect", prompt, "--neighbors", "2", "--model", other, "--json"]}[command]
+    code, _, err = run(capsys, *argv)
+    assert code == 2 and "different model" in err and "--allow-other-model" in err
+    code, stdout, err = run(capsys, *argv, "--allow-other-model")
+    assert code == 0 and isinstance(json.loads(stdout.strip().splitlines()[-1]), dict)
+    warnings = [line for line in err.splitlines() if "warning:" in line]
+    assert len(warnings) == 1 and "different model" in warnings[0] and "error" not in err
+    code, _, err = run(capsys, *argv[:argv.index("--model") + 1], str(tiny_dirs["gpt2"]),
+                       *argv[argv.index("--model") + 2:], "--allow-other-model")
+    assert code == 0 and "warning" not in err  # the prompt's own model: nothing to warn about
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -111,6 +111,9 @@ def test_cli_round_trip_peft_and_npy(tiny_dirs: dict[str, Path], tmp_path: Path,
                  "--out", str(tmp_path / "npy.safetensors")]) == 0
     imported = load_prompt(tmp_path / "npy.safetensors")
     assert torch.equal(imported.prompt, prompt) and imported.meta.init == "imported:npy:p.npy"
+    # An import is a version-2 file bound to the model it was imported onto.
+    assert (imported.meta.format_version, imported.meta.dtype) == (2, "float32")
+    assert imported.meta.model_fingerprint == PromptMeta.for_backbone(bb, P).model_fingerprint
     capsys.readouterr()
 
 

@@ -189,7 +189,7 @@ def nan_prompt(backbone, path: Path) -> bytes:  # type: ignore[no-untyped-def]
     meta = PromptMeta.for_backbone(backbone, 2)
     prompt = torch.zeros(2, backbone.hidden_size)
     prompt[0, 0] = float("nan")
-    header = {"format": "softprompt", "format_version": "1", "softprompt": json.dumps(meta.__dict__)}
+    header = {"format": "softprompt", "format_version": "2", "softprompt": json.dumps(meta.to_json())}
     save_file({"prompt": prompt}, str(path), metadata=header)
     return path.read_bytes()
 
@@ -294,6 +294,25 @@ def test_cli_refuses_admin_without_token(tiny_dirs, tmp_path: Path, capsys: pyte
     assert main(["serve", "--model", str(tiny_dirs["llama"]), "--prompts", str(tmp_path), "--admin"]) == 2
     assert "no admin token" in capsys.readouterr().err
     assert main(["serve", "--model", str(tiny_dirs["llama"]), "--prompts", str(tmp_path / "missing")]) == 2
+
+
+def test_allow_other_model_serves_other_weights_with_a_warning(tmp_path: Path, capsys: pytest.CaptureFixture
+                                                               ) -> None:
+    from softprompt.cli import build_parser
+    from softprompt.promptfile import PromptFileError
+
+    write_prompt(tiny("llama", seed=0), tmp_path / "p" / "a.safetensors", 3, 1)
+    other = tiny("llama", seed=1)  # same shapes, other weights
+    with pytest.raises(PromptFileError, match="--allow-other-model"):
+        Engine(other).load_dir(tmp_path / "p")
+    engine = Engine(other, allow_other_model=True)
+    assert engine.load_dir(tmp_path / "p") == ["a"]
+    assert capsys.readouterr().err.count("warning: ") == 1
+    body = (tmp_path / "p" / "a.safetensors").read_bytes()
+    assert engine.task_from_bytes("up", body).name == "up"  # uploads too
+    assert "warning: upload 'up'" in capsys.readouterr().err
+    args = build_parser().parse_args(["serve", "--model", "m", "--prompts", "d", "--allow-other-model"])
+    assert args.allow_other_model is True
 
 
 def test_t5_served_through_the_splice(tmp_path: Path) -> None:

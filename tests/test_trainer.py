@@ -60,6 +60,23 @@ def test_training_lowers_the_loss(tmp_path: Path, family: str) -> None:
     assert pf.meta.task == "toy" and pf.meta.train_config["steps"] == 25
 
 
+def test_prompt_file_records_the_input_template_and_no_instruction(tmp_path: Path) -> None:
+    from softprompt.tasks import TASKS, Example
+
+    bb = tiny_backbone("gpt2")
+    config = TrainConfig(steps=1, batch_size=2, prompt_length=2, init="uniform", eval_every=0, save_every=100)
+    train_prompt(bb, toy_task(tmp_path), toy_task(tmp_path).examples("train"), config, tmp_path / "file.safetensors",
+                 progress=False)
+    meta = load_prompt(tmp_path / "file.safetensors").meta
+    assert (meta.template, meta.instruction, meta.dtype) == ("{text} ->", "", "float32")  # a file task: its spec's
+    sst2 = TASKS["sst2"]()  # a built-in task: its text template (examples given here, no data files needed)
+    examples = [Example(f"Sentence: {t}\nSentiment:", w, (" negative", " positive"))
+                for t, w in [("good", " positive"), ("bad", " negative")]]
+    train_prompt(bb, sst2, examples, config, tmp_path / "sst2.safetensors", progress=False)
+    meta = load_prompt(tmp_path / "sst2.safetensors").meta
+    assert meta.template == "Sentence: {text}\nSentiment:" and meta.instruction == "" and sst2.instruction
+
+
 def test_paper_recipe_runs_and_best_checkpoint_is_kept(tmp_path: Path) -> None:
     bb = tiny_backbone("gpt2")
     task = toy_task(tmp_path)

@@ -8,7 +8,6 @@ module's output keeps initialisation, nearest neighbours and learning rates in t
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import tempfile
@@ -27,9 +26,6 @@ from transformers import (
 )
 
 from softprompt.models import BUILTIN_MODELS, cache_dir, gguf_path
-
-# Rows of the input embedding matrix hashed into a model's fingerprint: a fixed, spread-out slice.
-FINGERPRINT_ROWS = 64
 
 
 @dataclass
@@ -69,20 +65,6 @@ class Backbone:
         ids = torch.arange(self.vocab_size, device=self.device)
         with torch.no_grad():
             return self.embed(ids)
-
-    def fingerprint(self) -> tuple[str, list[float], list[float]]:
-        """(sha256 of a fixed float32 slice of the embedding matrix, 8 probe sums of it, 8 sums of its magnitudes).
-
-        The hash identifies the exact weights; the probe sums let a prompt load onto the same model held in another
-        dtype (bf16 on a GPU), whose hash differs. A signed sum can sit near zero, so its tolerance is taken relative
-        to the chunk's magnitude sum (rounding error is bounded by that), not to the sum itself.
-        """
-        weight = self.model.get_input_embeddings().weight.detach()
-        step = max(1, weight.shape[0] // FINGERPRINT_ROWS)
-        rows = weight[::step][:FINGERPRINT_ROWS].float().cpu().contiguous()
-        digest = hashlib.sha256(rows.numpy().tobytes()).hexdigest()
-        chunks = rows.chunk(8, dim=0)
-        return digest, [float(c.sum()) for c in chunks], [float(c.abs().sum()) for c in chunks]
 
     def embedding_std(self) -> float:
         """Standard deviation of the consumed embeddings (over a sample of rows): the scale prompts live at."""

@@ -133,11 +133,11 @@ class Ensemble:
 
     ``prompts``: prompt files (paths, checked with :func:`~softprompt.promptfile.check_compatible`), loaded
     :class:`PromptFile` s, or bare ``[P, H]`` tensors. Prompts of different lengths are fine (the bank masks the
-    unused slots).
+    unused slots). ``allow_other_model``: see :func:`~softprompt.promptfile.check_compatible`.
     """
 
-    def __init__(self, backbone: Backbone, prompts: Sequence[PromptSource], names: Sequence[str] | None = None
-                 ) -> None:
+    def __init__(self, backbone: Backbone, prompts: Sequence[PromptSource], names: Sequence[str] | None = None,
+                 *, allow_other_model: bool = False) -> None:
         if not prompts:
             raise ValueError("an ensemble needs at least one prompt")
         tensors: list[Tensor] = []
@@ -146,12 +146,12 @@ class Ensemble:
         for i, src in enumerate(prompts):
             if isinstance(src, str | Path):
                 pf = load_prompt(src)
-                check_compatible(pf, backbone, where=str(src))
+                check_compatible(pf, backbone, where=str(src), allow_other_model=allow_other_model)
                 tensors.append(pf.prompt)
                 self.metas.append(pf.meta)
                 default_names.append(Path(src).stem)
             elif isinstance(src, PromptFile):
-                check_compatible(src, backbone, where=f"prompt {i}")
+                check_compatible(src, backbone, where=f"prompt {i}", allow_other_model=allow_other_model)
                 tensors.append(src.prompt)
                 self.metas.append(src.meta)
                 default_names.append(f"prompt{i}")

@@ -70,7 +70,7 @@ def export_peft(pf: PromptFile, out_dir: str | Path) -> Path:
     config = peft_config(pf.meta)
     weights = {PEFT_KEY: pf.prompt.float().contiguous()}
     # PEFT reads "format"; the softprompt metadata rides along so nothing is lost on a round trip.
-    header = {"format": "pt", "softprompt": json.dumps(pf.meta.__dict__, sort_keys=True)}
+    header = {"format": "pt", "softprompt": json.dumps(pf.meta.to_json(), sort_keys=True)}
     atomic_write(out_dir / PEFT_WEIGHTS, lambda tmp: save_file(weights, tmp, metadata=header))
     atomic_write(out_dir / PEFT_CONFIG, lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2) + "\n"))
     return out_dir

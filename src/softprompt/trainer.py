@@ -37,6 +37,7 @@ from softprompt.prompted import PromptedModel
 from softprompt.promptfile import PromptMeta, atomic_write, save_prompt
 from softprompt.steploss import backward_step
 from softprompt.tasks.base import Example, Task
+from softprompt.tasks.generic import FileTask
 
 if TYPE_CHECKING:
     from softprompt.distributed import DistContext
@@ -287,8 +288,11 @@ def train_prompt(
     metrics: dict[str, Any] = {"steps": state.step, "lr": lr}
     if state.best_metric is not None:
         metrics.update({f"best_selection_{task.primary_metric}": state.best_metric, "best_step": state.best_step})
+    # The input format the prompt was trained under; prompt tuning prepends no instruction (prompt design does).
+    template = task.spec.template if isinstance(task, FileTask) else task.text_template
     meta = PromptMeta.for_backbone(backbone, config.prompt_length, init=config.init, task=task.name,
                                    verbalizer=dict(task.verbalizer), train_config=config_dict, metrics=metrics,
+                                   template=template, instruction="",
                                    selection={**(selection_info or {}), "examples": len(selection)} if selection
                                    else {})
     if main:

@@ -43,6 +43,12 @@ def add_model(parser: argparse.ArgumentParser, default: str | None = DEFAULT_MOD
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
 
 
+def add_allow_other_model(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--allow-other-model", action="store_true",
+                        help="use a prompt even when the model's weights differ from the ones it was trained on (a "
+                             "one-line warning instead of an error; another hidden size is still refused)")
+
+
 def add_task(parser: argparse.ArgumentParser, required: bool = True) -> None:
     parser.add_argument("--task", required=required,
                         help="built-in task (see `softprompt tasks`), a .yaml task spec, or a data file")

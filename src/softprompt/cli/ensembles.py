@@ -10,6 +10,7 @@ from pathlib import Path
 
 from softprompt.cli.common import (
     UsageError,
+    add_allow_other_model,
     add_model,
     add_split,
     add_task,
@@ -30,6 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--prompt", action="append", required=True, metavar="FILE",
                    help="prompt file (.safetensors); repeat for each member of the ensemble")
     add_split(p)
+    add_allow_other_model(p)
     p.add_argument("--batch-size", type=int, default=64,
                    help="rows per forward pass (examples × choices × prompts are chunked into rows): the memory budget")
     p.add_argument("--max-input-tokens", type=int, default=256)
@@ -64,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     names = [Path(p).stem for p in args.prompt]
     if len(set(names)) != len(names):  # two runs/x.safetensors from different folders: keep them apart
         names = list(args.prompt)
-    ensemble = Ensemble(backbone, args.prompt, names=names)
+    ensemble = Ensemble(backbone, args.prompt, names=names, allow_other_model=args.allow_other_model)
     t0 = time.perf_counter()
     result = ensemble.evaluate(task, examples, batch_size=args.batch_size, max_input_tokens=args.max_input_tokens,
                                max_new_tokens=args.max_new_tokens, progress=args.progress)

@@ -11,6 +11,7 @@ from softprompt.backbone import Backbone
 from softprompt.bank import PromptBank
 from softprompt.cli.common import (
     UsageError,
+    add_allow_other_model,
     add_model,
     add_split,
     add_task,
@@ -38,6 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "demonstrations), no soft prompt; model-tuning: a fine-tuned --model as is, no prompt, "
                         "no instruction")
     p.add_argument("--prompt", help="prompt file (.safetensors) for --method prompt-tuning")
+    add_allow_other_model(p)
     p.add_argument("--shots", type=int, default=0,
                    help="prompt-design: K demonstrations from the train split that fit --max-input-tokens (0: "
                         "zero-shot)")
@@ -53,6 +55,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     q = sub.add_parser("predict", help="label (or generated text) for given inputs")
     add_model(q)
     q.add_argument("--prompt", required=True, help="prompt file (.safetensors)")
+    add_allow_other_model(q)
     q.add_argument("--task", default=None, help="task whose input format to apply (default: the prompt's task)")
     q.add_argument("--raw", action="store_true", help="pass TEXT to the model as is, without the task's format")
     q.add_argument("--json", action="store_true")
@@ -60,9 +63,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.set_defaults(func=run_predict)
 
 
-def prompted_from_file(backbone: Backbone, path: str) -> tuple[PromptedModel, dict]:
+def prompted_from_file(backbone: Backbone, path: str, *, allow_other_model: bool = False
+                       ) -> tuple[PromptedModel, dict]:
     pf = load_prompt(path)
-    check_compatible(pf, backbone, where=path)
+    check_compatible(pf, backbone, where=path, allow_other_model=allow_other_model)
     return PromptedModel(backbone, PromptBank(pf.prompt.unsqueeze(0))), pf.meta.__dict__
 
 
@@ -90,7 +94,7 @@ def run_eval(args: argparse.Namespace) -> int:
     extra: dict = {}
     prompt_length = 0
     if args.prompt:
-        pm, meta = prompted_from_file(backbone, args.prompt)
+        pm, meta = prompted_from_file(backbone, args.prompt, allow_other_model=args.allow_other_model)
         instruction, prompt_length = "", int(meta["prompt_length"])
     elif args.method == "model-tuning":
         pm, instruction = no_prompt(backbone), ""
@@ -113,7 +117,7 @@ def run_eval(args: argparse.Namespace) -> int:
 
 def run_predict(args: argparse.Namespace) -> int:
     backbone = backbone_from_args(args)
-    pm, meta = prompted_from_file(backbone, args.prompt)
+    pm, meta = prompted_from_file(backbone, args.prompt, allow_other_model=args.allow_other_model)
     # A prompt trained on a user's data file names a task that is not built in: its inputs are taken as given.
     task = get_task(args.task) if args.task else (TASKS[meta["task"]]() if meta["task"] in TASKS else None)
     template = "{text}" if args.raw or task is None else task.text_template

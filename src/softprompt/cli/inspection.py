@@ -18,6 +18,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                                                  "model); --neighbors only")
     p.add_argument("--compare", action="append", default=[], metavar="FILE",
                    help="other prompt files: prompt-to-prompt cosine similarity (--neighbors only; repeatable)")
+    p.add_argument("--allow-other-model", action="store_true",
+                   help="--neighbors: search a --model whose weights differ from the prompt's model (a warning "
+                        "instead of an error)")
     p.add_argument("--report", default=None, metavar="OUT.{png,html}", help="also write a report to look at")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     p.set_defaults(func=run)
@@ -31,7 +34,11 @@ def run(args: argparse.Namespace) -> int:
     if args.compare or args.report:
         raise UsageError("--compare and --report need --neighbors K")
     pf = load_prompt(args.file)
-    meta = dict(pf.meta.__dict__)
+    meta = pf.meta.to_json()  # the fields its format version holds, as stored
+    # Thousands of probe sums say nothing to a reader: their count stands in for them.
+    for key in ("model_probe", "model_magnitude", "embedding_probe"):
+        if key in meta:
+            meta[key] = f"{len(meta[key])} sums"
     meta["prompt_norm_mean"] = round(float(pf.prompt.norm(dim=-1).mean()), 4) if pf.prompt.numel() else 0.0
     emit({"file": args.file, **meta}, args.json)
     return 0
@@ -50,7 +57,7 @@ def run_neighbors(args: argparse.Namespace) -> int:
     args.device = None
     backbone = backbone_from_args(args)
     for where, f in [(args.file, pf), *zip(args.compare, others, strict=True)]:
-        check_compatible(f, backbone, where=where)
+        check_compatible(f, backbone, where=where, allow_other_model=args.allow_other_model)
     embeddings = backbone.embedding_matrix().cpu()
     found = nb.nearest_tokens(pf.prompt, embeddings, backbone.tokenizer, args.neighbors)
     hits = nb.verbalizer_hits(found, backbone.tokenizer, pf.meta.verbalizer) if pf.meta.verbalizer else {}

@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from softprompt.cli.common import UsageError, add_model, backbone_from_args
+from softprompt.cli.common import UsageError, add_allow_other_model, add_model, backbone_from_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -24,6 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a batch waits for more requests")
     p.add_argument("--max-input-tokens", type=int, default=256, help="longer inputs keep their end")
     p.add_argument("--max-upload-mb", type=float, default=16.0)
+    add_allow_other_model(p)
     p.add_argument("--no-prefix-cache", action="store_true", help="always run prompts through the splice")
     p.set_defaults(func=run)
 
@@ -44,7 +45,8 @@ def run(args: argparse.Namespace) -> int:
     if not args.prompts.is_dir():
         raise UsageError(f"--prompts must be a folder of prompt files, got {args.prompts}")
     engine = Engine(backbone_from_args(args), max_batch_rows=args.max_batch_rows,
-                    max_input_tokens=args.max_input_tokens, prefix_cache=not args.no_prefix_cache)
+                    max_input_tokens=args.max_input_tokens, prefix_cache=not args.no_prefix_cache,
+                    allow_other_model=args.allow_other_model)
     names = engine.load_dir(args.prompts)
     print(f"softprompt serve: {len(names)} task(s) on {args.model} (prefix cache "
           f"{'on' if engine.prefix_cache else 'off'}): {', '.join(names) or 'none'}", file=sys.stderr)

@@ -108,8 +108,10 @@ class Engine:
     """The backbone, the served tasks, and batched scoring/generation over rows of mixed tasks."""
 
     def __init__(self, backbone: Backbone, *, max_batch_rows: int = 64, max_input_tokens: int = 256,
-                 prefix_cache: bool = True) -> None:
+                 prefix_cache: bool = True, allow_other_model: bool = False) -> None:
         self.backbone = backbone
+        # Prompts (a folder's and uploads alike) of a model whose weights differ: a warning instead of a refusal.
+        self.allow_other_model = allow_other_model
         self.max_batch_rows = max_batch_rows
         self.max_input_tokens = max_input_tokens
         self.prefix_cache = prefix_cache and supports_prefix_cache(backbone)
@@ -128,7 +130,7 @@ class Engine:
         if not files:
             raise PromptFileError(f"{where}: no prompt files")
         for pf in files:
-            check_compatible(pf, self.backbone, where=where)
+            check_compatible(pf, self.backbone, where=where, allow_other_model=self.allow_other_model)
         meta = files[0].meta
         verbalizer = dict(meta.verbalizer)
         template = "{text}"
