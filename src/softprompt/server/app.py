@@ -62,6 +62,7 @@ class ServerConfig:
     max_wait_ms: float = 5.0  # how long the first request of a batch waits for company
     max_queue_rows: int = 8192  # beyond this, new requests get 503
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
+    max_body_bytes: int = MAX_BODY_BYTES  # JSON bodies
 
     def __post_init__(self) -> None:
         if self.admin and not self.admin_token:
@@ -69,7 +70,8 @@ class ServerConfig:
                               "SOFTPROMPT_ADMIN_TOKEN)")
         if self.admin_token is not None and len(self.admin_token) < 8:
             raise ConfigError("the admin token must be at least 8 characters")
-        if self.max_batch_rows < 1 or self.max_wait_ms < 0 or self.max_queue_rows < 1 or self.max_upload_bytes < 1:
+        if (self.max_batch_rows < 1 or self.max_wait_ms < 0 or self.max_queue_rows < 1 or self.max_upload_bytes < 1
+                or self.max_body_bytes < 1):
             raise ConfigError(f"invalid batching limits: {self}")
 
 
@@ -88,7 +90,7 @@ def error_response(path: str, status_code: int, message: str, headers: dict[str,
 
 
 class BodyLimit:
-    """Refuses a body over its route's limit (uploads: ``max_upload_bytes``; JSON: ``MAX_BODY_BYTES``) with 413
+    """Refuses a body over its route's limit (uploads: ``max_upload_bytes``; JSON: ``max_body_bytes``) with 413
     before it is read in full: a declared ``content-length`` at once, a chunked body as soon as the bytes received
     pass the limit (the route's read of the body raises, which the app answers as a 413)."""
 
@@ -150,7 +152,7 @@ def create_app(engine: Engine, config: ServerConfig | None = None) -> FastAPI:
                               "tasks share forwards, each row with its own prompt.")
     app.state.engine, app.state.batcher, app.state.metrics, app.state.config = engine, batcher, metrics, config
     # Added before the counting middleware, so it runs inside it and its 413s are counted too.
-    app.add_middleware(BodyLimit, upload_limit=config.max_upload_bytes, json_limit=MAX_BODY_BYTES)
+    app.add_middleware(BodyLimit, upload_limit=config.max_upload_bytes, json_limit=config.max_body_bytes)
     # The HTTP side's own tokenizer (choice checks, OpenAI usage counts): a fast tokenizer is not safe to use from
     # two threads at once, and the worker thread tokenizes every batch.
     tokenizer = copy.deepcopy(engine.backbone.tokenizer)

@@ -133,7 +133,8 @@ def check_upload_metadata(path: str, where: str) -> None:
         except ValidationError as err:
             first = err.errors()[0]
             inner = "".join(f"[{x!r}]" for x in first["loc"])
-            raise PromptFileError(f"{where}: metadata field {name!r}{inner}: {first['msg']}") from None
+            at = f" at {inner}" if inner else ""
+            raise PromptFileError(f"{where}: metadata field {name!r}{at}: {first['msg']}") from None
 
 
 @dataclass(frozen=True)
