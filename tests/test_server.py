@@ -24,7 +24,7 @@ from softprompt.server import Engine, ServerConfig, create_app
 from softprompt.server.app import ConfigError
 from softprompt.server.client import Client, ServerError
 from softprompt.server.engine import Job
-from softprompt.tasks import Example, FileTask, FileTaskSpec, get_task
+from softprompt.tasks import FileTask, FileTaskSpec, get_task
 from softprompt.trainer import TrainConfig, train_prompt
 from tests._serving import (
     TEXTS,
@@ -246,13 +246,15 @@ def test_unsafe_names_refused(client: TestClient, name: str) -> None:
     ("/v1/classify", {"task": "a", "inputs": ["x"], "extra": 1}, 422),
     ("/v1/classify", {"task": "../a", "inputs": ["x"]}, 422),
     ("/v1/classify", {"task": "gen", "inputs": ["x"]}, 422),
-    ("/v1/classify", {"task": "a", "inputs": ["x", "y"], "choices": [[" a", " b"]]}, 422),  # 1 list, 2 inputs
+    ("/v1/classify", {"task": "a", "inputs": ["x", "y"], "choices": [[" a", " b"]]}, 422),
+    ("/v1/generate", {"task": "gen", "inputs": ["x"], "max_new_tokens": True}, 422),
+    ("/v1/generate", {"task": "gen", "inputs": ["x"], "max_new_tokens": "5"}, 422),
     ("/v1/classify", {"task": "a", "inputs": ["x"], "choices": [" a"]}, 422),
     ("/v1/classify", {"task": "a", "inputs": ["x"], "choices": [" a", ""]}, 422),
     ("/v1/classify", {"task": "a", "inputs": ["x"], "choices": [" a"] * 17}, 422),
     ("/v1/classify", {"task": "a", "inputs": ["x"], "choices": [" a", " b" * 501]}, 422),
     ("/v1/classify", {"task": "a", "inputs": ["x"], "choices": " a b"}, 422),
-    ("/v1/classify", {"task": "a", "inputs": ["x"], "choices": [[" a", 3]]}, 422),
+    ("/v1/classify", {"task": "a", "inputs": ["x"], "choices": [" a", 3]}, 422),
     ("/v1/generate", {"task": "gen", "inputs": ["x"], "max_new_tokens": 0}, 422),
     ("/v1/generate", {"task": "gen", "inputs": ["x"], "max_new_tokens": 10_000}, 422),
     ("/v1/generate", {"inputs": ["x"]}, 422),
@@ -460,21 +462,20 @@ def test_trained_file_task_answers_as_softprompt_eval(tiny_dirs, tmp_path: Path,
 
 
 def test_per_request_choices(client: TestClient, served) -> None:  # type: ignore[no-untyped-def]
-    """Multiple choice (COPA-like): each input's own candidate texts, scored on the same path as labels."""
+    """Multiple choice (COPA-like): the request's own candidate texts, scored on the same path as labels."""
     backbone, _, prompts = served
-    inputs = TEXTS[:3]
-    options = [[" yes", " no"], [" the cat sat", " a dog", " x"], [" 1", " 22"]]
+    inputs = TEXTS[:4]
+    options = [" the cat sat", " a dog", " x"]
     r = client.post("/v1/classify", json={"task": "gen", "inputs": inputs, "choices": options})
     assert r.status_code == 200, r.text
-    pm = PromptedModel(backbone, PromptBank(prompts["gen"][0].unsqueeze(0)))
-    ref = score_choices(pm, [Example(t, c[0], tuple(c)) for t, c in zip(inputs, options, strict=True)])[0]
-    for res, s, c in zip(r.json()["results"], ref, options, strict=True):
-        best = int(s[:len(c)].argmax())
-        assert res["label"] == str(best) and res["text"] == c[best].strip()
-        assert list(res["scores"]) == [str(j) for j in range(len(c))]
-        for j in range(len(c)):
+    ref = offline_scores(backbone, prompts["gen"][0], inputs, tuple(options))
+    for res, s in zip(r.json()["results"], ref, strict=True):
+        best = int(s.argmax())
+        assert res["label"] == str(best) and res["text"] == options[best].strip()
+        assert list(res["scores"]) == ["0", "1", "2"]
+        for j in range(3):
             assert math.isclose(res["scores"][str(j)], float(s[j]), abs_tol=1e-4)
-    # One list for every input, on a task that has labels of its own, answered by an ensemble's vote.
+    # A task with labels of its own may be asked other choices too; an ensemble votes over them.
     words = (" maybe", " yes")
     results = Client(http=client).classify("ens", inputs, list(words))
     per_member = torch.stack([offline_scores(backbone, p, inputs, words) for p in prompts["ens"]])  # [3, E, 2]

@@ -217,10 +217,9 @@ def create_app(engine: Engine, config: ServerConfig | None = None) -> FastAPI:
         if choices is None and task.kind != "classification":
             raise HTTPException(422, f"task {task.name!r} has no labels (no verbalizer): give choices, or use "
                                      "/v1/generate")
-        for i, options in enumerate(choices or ()):
-            for j, text in enumerate(options):
-                if not count_tokens(text, False):  # a target of no tokens has no likelihood to rank
-                    raise HTTPException(422, f"choices[{i}][{j}] {text[:50]!r} is no tokens")
+        for j, text in enumerate(req.choices or ()):
+            if not count_tokens(text, False):  # a target of no tokens has no likelihood to rank
+                raise HTTPException(422, f"choices[{j}] {text[:50]!r} is no tokens")
         job = await batcher.submit(Job("classify", task, list(req.inputs), choices=choices))
         return ClassifyResponse(task=task.name, results=job.result)
 

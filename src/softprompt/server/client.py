@@ -59,11 +59,10 @@ class Client:
     def tasks(self) -> list[dict]:
         return self._check(self.http.get("/v1/tasks"))["tasks"]
 
-    def classify(self, task: str, inputs: list[str], choices: list[str] | list[list[str]] | None = None
-                 ) -> list[dict]:
+    def classify(self, task: str, inputs: list[str], choices: list[str] | None = None) -> list[dict]:
         """One result per input: ``label``, ``text``, ``scores`` (label → log-likelihood), ``votes``. With
-        ``choices`` (one list for all inputs, or one per input) those texts are ranked instead of the task's labels,
-        and labels are their indices ("0", "1", ...)."""
+        ``choices`` those texts are ranked for every input instead of the task's labels, and labels are their
+        indices ("0", "1", ...)."""
         body: dict = {"task": task, "inputs": inputs}
         if choices is not None:
             body["choices"] = choices

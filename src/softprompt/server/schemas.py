@@ -2,7 +2,7 @@
 
 Limits keep one request's cost bounded: at most ``MAX_INPUTS`` texts of ``MAX_INPUT_CHARS`` characters each (the
 engine also truncates each input to the server's ``max_input_tokens`` tokens, keeping the end), at most
-``MAX_CHOICES`` choices of ``MAX_CHOICE_CHARS`` characters per input, at most ``MAX_NEW_TOKENS`` generated tokens, and
+``MAX_CHOICES`` choices of ``MAX_CHOICE_CHARS`` characters, at most ``MAX_NEW_TOKENS`` generated tokens, and
 bodies of at most ``MAX_BODY_BYTES``. Anything outside them is a 422 with the offending field named (400 in OpenAI's
 error shape on the OpenAI-compatible routes).
 
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
 from softprompt.server.engine import MAX_NEW_TOKENS, NAME_PATTERN
 
@@ -24,8 +24,8 @@ MAX_INPUT_CHARS = 4000
 MAX_CHOICES = 16
 MAX_CHOICE_CHARS = 1000
 MAX_STOPS = 4  # as OpenAI
-# A full request within the limits above is well under this (64 x 4,000 characters, 64 x 16 x 1,000 in choices).
-MAX_BODY_BYTES = 8 * 2**20
+# A full request within the limits above is well under this (64 x 4,000 characters of inputs, or of prompts).
+MAX_BODY_BYTES = 4 * 2**20
 
 TaskName = Annotated[str, Field(pattern=NAME_PATTERN, max_length=64, description="a served task (GET /v1/tasks)",
                                 examples=["sst2"])]
@@ -34,8 +34,27 @@ Inputs = Annotated[list[InputText], Field(min_length=1, max_length=MAX_INPUTS,
                                           description=f"1 to {MAX_INPUTS} input texts")]
 
 
+def _integral(value: object) -> object:
+    # JSON Schema counts 1.0 as an integer; pydantic's strict int would not.
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def _false(value: bool) -> bool:
+    if value:
+        raise ValueError("only false is supported")
+    return value
+
+
+# Limits before the validator, or pydantic cannot write them into the JSON schema.
+JsonInt = Annotated[int, BeforeValidator(_integral)]
+NewTokens = Annotated[int, Field(ge=1, le=MAX_NEW_TOKENS), BeforeValidator(_integral)]
+OnlyOne = Annotated[int, Field(ge=1, le=1), BeforeValidator(_integral)]
+OnlyFalse = Annotated[bool, Field(json_schema_extra={"const": False}), AfterValidator(_false)]
+
+
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Strict: a value of another JSON type is refused as the schema says (no false for 0, no "5" for 5).
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 ChoiceText = Annotated[str, Field(min_length=1, max_length=MAX_CHOICE_CHARS)]
@@ -48,25 +67,14 @@ class ClassifyRequest(_Strict):
 
     task: TaskName
     inputs: Inputs
-    choices: Choices | list[Choices] | None = Field(
-        None, description=f"candidate target texts scored instead of the task's labels, taken as given (include "
-                          f"the leading space the task was trained with): one list for every input, or one list per "
-                          f"input; 2 to {MAX_CHOICES} each. Results are labelled by index: \"0\", \"1\", ...",
+    choices: Choices | None = Field(
+        None, description=f"candidate target texts scored for every input instead of the task's labels, taken as "
+                          f"given (include the leading space the task was trained with); 2 to {MAX_CHOICES}. "
+                          "Results are labelled by index: \"0\", \"1\", ...",
         examples=[[" The sun rose.", " The grass was wet."]])
 
-    @model_validator(mode="after")
-    def _one_list_per_input(self) -> ClassifyRequest:
-        if self.choices and isinstance(self.choices[0], list) and len(self.choices) != len(self.inputs):
-            raise ValueError(f"choices: {len(self.choices)} lists for {len(self.inputs)} inputs; give one list for "
-                             "all inputs or one per input")
-        return self
-
     def per_input_choices(self) -> list[tuple[str, ...]] | None:
-        if self.choices is None:
-            return None
-        if isinstance(self.choices[0], list):
-            return [tuple(c) for c in self.choices]  # type: ignore[arg-type]
-        return [tuple(self.choices)] * len(self.inputs)  # type: ignore[arg-type]
+        return None if self.choices is None else [tuple(self.choices)] * len(self.inputs)
 
 
 class Classification(BaseModel):
@@ -89,7 +97,7 @@ class GenerateRequest(_Strict):
 
     task: TaskName
     inputs: Inputs
-    max_new_tokens: int = Field(32, ge=1, le=MAX_NEW_TOKENS)
+    max_new_tokens: NewTokens = 32
 
 
 class Generation(BaseModel):
@@ -163,14 +171,14 @@ class CompletionRequest(_Strict):
 
     model: TaskName
     prompt: PromptText | Annotated[list[PromptText], Field(min_length=1, max_length=MAX_INPUTS)]
-    max_tokens: int | None = Field(16, ge=1, le=MAX_NEW_TOKENS,
+    max_tokens: NewTokens | None = Field(16,
                                    description="generation tasks: new tokens at most (null: 16, OpenAI's default)")
     stop: StopText | Annotated[list[StopText], Field(max_length=MAX_STOPS)] | None = Field(
         None, description="the text is cut before the first occurrence of any of these")
-    n: Literal[1] | None = None
-    best_of: Literal[1] | None = None
-    echo: Literal[False] | None = None
-    stream: Literal[False] | None = None
+    n: OnlyOne | None = None
+    best_of: OnlyOne | None = None
+    echo: OnlyFalse | None = None
+    stream: OnlyFalse | None = None
     stream_options: None = None
     logprobs: None = None
     suffix: Literal[""] | None = None
@@ -179,7 +187,7 @@ class CompletionRequest(_Strict):
     presence_penalty: float | None = Field(None, ge=0, le=0)
     frequency_penalty: float | None = Field(None, ge=0, le=0)
     logit_bias: dict[str, int] | None = Field(None, max_length=0)
-    seed: int | None = Field(None, description="accepted; greedy decoding answers the same for every seed")
+    seed: JsonInt | None = Field(None, description="accepted; greedy decoding answers the same for every seed")
     user: str | None = Field(None, max_length=256, description="accepted and ignored")
 
 
