@@ -421,7 +421,9 @@ def test_prompt_template_and_instruction_format_inputs(served, tmp_path: Path) -
     own = engine.make_task("p", [with_format(pf, template, "Judge.\n")], where="p")
     assert own.format("a {text} {0} b") == "Judge.\n" + template.format(review="a {text} {0} b")
     assert own.labels == ("0", "1")  # the built-in task's verbalizer still labels it
-    for bad in ["{a} and {b}", "{text.__class__}", "{0}", "{}", "{text!r}", "{text:>9}", "{text[0]}", "{", "}",
+    several = engine.make_task("p", [with_format(pf, "P: {premise} Q: {question}", "Pick.\n")], where="p")
+    assert several.template == "{text}" and several.format("P: a Q: b") == "Pick.\nP: a Q: b"  # sent formatted
+    for bad in ["{text.__class__}", "{0}", "{}", "{text!r}", "{text:>9}", "{text[0]}", "{a} {b.c}", "{", "}",
                 "no field"]:
         with pytest.raises(PromptFileError, match="'template'"):
             engine.make_task("p", [with_format(pf, bad)], where="p")
@@ -551,7 +553,7 @@ def test_softprompt_train_folder_is_servable(tiny_dirs, tmp_path: Path) -> None:
     ({"init": {}}, "1", "init"),
     ({"base_model": ...}, "1", "base_model"),
     ({"bogus": 1}, "1", "bogus"),
-    ({"template": "{a} and {b}"}, "1", "template"),
+    ({"template": "{text.__class__}"}, "1", "template"),
     ({"instruction": 5}, "1", "instruction"),
 ])
 def test_malformed_metadata_is_422_naming_the_field(client: TestClient, served, fields: dict, version: str,

@@ -80,19 +80,21 @@ class Member:
     kv: PromptKV | None
 
 
-def check_template(template: str, where: str) -> str:
-    """A served template: a ``str.format`` string with exactly one plain field (``{text}``, or the one field a
-    data-file task's records filled), which each request's input fills. Anything else is refused here, at load,
-    because the server has one text per input and must never evaluate a field expression from a prompt file."""
+def served_template(template: str, where: str) -> str:
+    """The template a task serves: a ``str.format`` string whose one plain field (``{text}``, or the one field a
+    data-file task's records filled) each request's input fills. A template of several fields (a record of
+    several parts) cannot be filled from one text: its inputs arrive formatted, as for the built-in multi-field
+    tasks, so it serves ``"{text}"``. A field expression, conversion, format spec or positional field is refused
+    here, at load: the server must never evaluate anything a prompt file says."""
     try:
-        fields = {f for _, f, _, _ in Formatter().parse(template) if f is not None}
-        specs = [(conv, spec) for _, f, spec, conv in Formatter().parse(template) if f is not None]
+        parsed = [(f, spec, conv) for _, f, spec, conv in Formatter().parse(template) if f is not None]
     except ValueError as err:
         raise PromptFileError(f"{where}: metadata field 'template' is not a format string ({err})") from None
-    if len(fields) != 1 or not next(iter(fields)).isidentifier() or any(c or s for c, s in specs):
-        raise PromptFileError(f"{where}: metadata field 'template' must have exactly one plain field for the input "
-                              f"(like {{text}}), got {template[:200]!r}")
-    return template
+    fields = {f for f, _, _ in parsed}
+    if not fields or any(not f.isidentifier() or spec or conv for f, spec, conv in parsed):
+        raise PromptFileError(f"{where}: metadata field 'template' must name its input fields plainly (like "
+                              f"{{text}}), got {template[:200]!r}")
+    return template if len(fields) == 1 else "{text}"
 
 
 def position_limit(backbone: Backbone) -> int | None:
@@ -143,7 +145,7 @@ class ServedTask:
 
     name: str
     members: tuple[Member, ...]
-    template: str  # one field for the input (see check_template); "{text}" when nothing says otherwise
+    template: str  # one field for the input (see served_template); "{text}" when nothing says otherwise
     labels: tuple[str, ...]  # verbalizer keys (empty: a generation task)
     words: tuple[str, ...]  # verbalizer target texts, aligned with labels
     source_task: str
@@ -250,7 +252,7 @@ class Engine:
         if upload and meta.task and known is None and not meta.verbalizer and not own_template:
             raise PromptFileError(f"{where}: metadata field 'task' is {meta.task[:100]!r}, which is no built-in task, "
                                   "and the prompt carries no verbalizer or template of its own")
-        template = check_template(own_template or (known.text_template if known else "{text}"), where)
+        template = served_template(own_template or (known.text_template if known else "{text}"), where)
         verbalizer = dict(meta.verbalizer) or (dict(known.verbalizer) if known else {})
         for other in files[1:]:
             if dict(other.meta.verbalizer or verbalizer) != verbalizer:
