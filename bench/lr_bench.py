@@ -127,7 +127,7 @@ def main() -> int:
     ap.add_argument("--models", nargs="+", default=["smollm2-135m", "gemma3-270m", "qwen2.5-0.5b", "qwen2.5-1.5b"])
     ap.add_argument("--prompt-lengths", nargs="+", type=int, default=[5, 20, 50, 100])
     ap.add_argument("--steps", type=int, default=100)
-    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--batch-size", type=int, default=16, help="the trainer's default batch")
     ap.add_argument("--lr", default="auto", help="'auto' or a number")
     ap.add_argument("--label", default="auto", help="name of this lr setting in the cell files (auto, paper, ...)")
     ap.add_argument("--init", default="class-label")

@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
 from pathlib import Path
 
+import httpx
 import torch
+from safetensors.torch import save_file
 
 from softprompt.backbone import Backbone, make_backbone
 from softprompt.bank import PromptBank
@@ -33,6 +42,21 @@ def write_prompt(backbone: Backbone, path: Path, length: int, seed: int, *, task
                                    verbalizer=VERBALIZER if verbalizer is None else verbalizer)
     save_prompt(path, prompt, meta)
     return prompt
+
+
+def prompt_bytes(backbone: Backbone, length: int = 2, *, header_version: str = "2", meta_json: str | None = None,
+                 **meta: object) -> bytes:
+    """A prompt file's bytes with metadata fields overridden by ``meta`` (a value of ``...`` drops the field), or
+    with ``meta_json`` as the metadata text, written without ``save_prompt``'s checks: the malformed files an
+    upload may carry."""
+    fields = {**PromptMeta.for_backbone(backbone, length, verbalizer=VERBALIZER).to_json(), **meta}
+    fields = {k: v for k, v in fields.items() if v is not ...}
+    header = {"format": "softprompt", "format_version": header_version,
+              "softprompt": json.dumps(fields) if meta_json is None else meta_json}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "p.safetensors"
+        save_file({"prompt": torch.randn(length, backbone.hidden_size) * 0.1}, str(path), metadata=header)
+        return path.read_bytes()
 
 
 def make_prompt_dir(backbone: Backbone, root: Path) -> dict[str, list[torch.Tensor]]:
@@ -84,3 +108,39 @@ class LiveServer:
     def __exit__(self, *exc: object) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=30)
+
+
+class ServeProcess:
+    """`softprompt serve` as a user runs it: a subprocess on 127.0.0.1 (a free port), entered once /health answers;
+    ``output`` holds its stdout and stderr after exit. ``with ServeProcess(model, prompts, "--admin-token", T) as
+    url``."""
+
+    def __init__(self, model: Path, prompts: Path, *extra: str) -> None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.args = [sys.executable, "-m", "softprompt", "serve", "--model", str(model), "--prompts", str(prompts),
+                     "--port", str(self.port), "--threads", "1", *extra]
+        self.output = ""
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> str:
+        env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+        self.proc = subprocess.Popen(self.args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        url = f"http://127.0.0.1:{self.port}"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                httpx.get(url + "/health", timeout=5).raise_for_status()
+                return url
+            except httpx.HTTPError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    self.__exit__()
+                    raise RuntimeError(f"server did not start:\n{self.output}") from None
+                time.sleep(0.2)
+
+    def __exit__(self, *exc: object) -> None:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        self.output = self.proc.communicate(timeout=30)[0].decode()

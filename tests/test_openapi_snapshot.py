@@ -27,3 +27,8 @@ def test_openapi_matches_snapshot() -> None:
     classify = spec["components"]["schemas"]["ClassifyRequest"]["properties"]["inputs"]
     assert classify["maxItems"] == 64 and classify["minItems"] == 1
     assert "/v1/prompts/{name}" in spec["paths"] and "/metrics" in spec["paths"]
+    # OpenAI-compatible: invalid bodies are 400 in OpenAI's shape there, and the refused values are in the schema.
+    completions = spec["paths"]["/v1/completions"]["post"]["responses"]
+    assert "400" in completions and "422" not in completions
+    fields = spec["components"]["schemas"]["CompletionRequest"]["properties"]
+    assert fields["temperature"]["anyOf"][0]["maximum"] == 0 and fields["n"]["anyOf"][0]["maximum"] == 1

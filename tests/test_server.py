@@ -1,5 +1,6 @@
-"""The HTTP API on a tiny model: answers equal the offline path, mixed batches equal single rows, admin and bad
-input give 4xx with clear messages and never stop the server."""
+"""The HTTP API on a tiny model: answers equal the offline path (a served row is the row trained), mixed batches
+equal single rows, a training folder is servable, admin and bad input give 4xx with clear messages and never stop
+the server."""
 
 from __future__ import annotations
 
@@ -16,18 +17,23 @@ from safetensors.torch import save_file
 
 from softprompt.bank import PromptBank
 from softprompt.cli import main
+from softprompt.evaluate import score_choices
 from softprompt.prompted import PromptedModel
-from softprompt.promptfile import PromptMeta
+from softprompt.promptfile import PromptFile, PromptFileError, PromptMeta, load_prompt
 from softprompt.server import Engine, ServerConfig, create_app
 from softprompt.server.app import ConfigError
 from softprompt.server.client import Client, ServerError
 from softprompt.server.engine import Job
-from softprompt.tasks import get_task
+from softprompt.tasks import FileTask, FileTaskSpec, get_task
+from softprompt.trainer import TrainConfig, train_prompt
 from tests._serving import (
     TEXTS,
     VERBALIZER,
+    LiveServer,
+    ServeProcess,
     make_prompt_dir,
     offline_scores,
+    prompt_bytes,
     tiny,
     write_prompt,
 )
@@ -240,6 +246,15 @@ def test_unsafe_names_refused(client: TestClient, name: str) -> None:
     ("/v1/classify", {"task": "a", "inputs": ["x"], "extra": 1}, 422),
     ("/v1/classify", {"task": "../a", "inputs": ["x"]}, 422),
     ("/v1/classify", {"task": "gen", "inputs": ["x"]}, 422),
+    ("/v1/classify", {"task": "a", "inputs": ["x", "y"], "choices": [[" a", " b"]]}, 422),
+    ("/v1/generate", {"task": "gen", "inputs": ["x"], "max_new_tokens": True}, 422),
+    ("/v1/generate", {"task": "gen", "inputs": ["x"], "max_new_tokens": "5"}, 422),
+    ("/v1/classify", {"task": "a", "inputs": ["x"], "choices": [" a"]}, 422),
+    ("/v1/classify", {"task": "a", "inputs": ["x"], "choices": [" a", ""]}, 422),
+    ("/v1/classify", {"task": "a", "inputs": ["x"], "choices": [" a"] * 17}, 422),
+    ("/v1/classify", {"task": "a", "inputs": ["x"], "choices": [" a", " b" * 501]}, 422),
+    ("/v1/classify", {"task": "a", "inputs": ["x"], "choices": " a b"}, 422),
+    ("/v1/classify", {"task": "a", "inputs": ["x"], "choices": [" a", 3]}, 422),
     ("/v1/generate", {"task": "gen", "inputs": ["x"], "max_new_tokens": 0}, 422),
     ("/v1/generate", {"task": "gen", "inputs": ["x"], "max_new_tokens": 10_000}, 422),
     ("/v1/generate", {"inputs": ["x"]}, 422),
@@ -306,7 +321,7 @@ def test_allow_other_model_serves_other_weights_with_a_warning(tmp_path: Path, c
     with pytest.raises(PromptFileError, match="--allow-other-model"):
         Engine(other).load_dir(tmp_path / "p")
     engine = Engine(other, allow_other_model=True)
-    assert engine.load_dir(tmp_path / "p") == ["a"]
+    assert engine.load_dir(tmp_path / "p").tasks == ["a"]
     assert capsys.readouterr().err.count("warning: ") == 1
     body = (tmp_path / "p" / "a.safetensors").read_bytes()
     assert engine.task_from_bytes("up", body).name == "up"  # uploads too
@@ -331,42 +346,18 @@ def test_t5_served_through_the_splice(tmp_path: Path) -> None:
 
 def test_serve_command_end_to_end(tiny_dirs, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """`softprompt serve` as a user runs it: a subprocess on 127.0.0.1, driven by the Python client."""
-    import os
-    import socket
-    import subprocess
-    import sys
-    import time
-
     backbone = tiny("llama")  # the same weights as the saved tiny llama folder (same seed)
     prompt = write_prompt(backbone, tmp_path / "prompts" / "t.safetensors", 3, 5)
     write_prompt(backbone, tmp_path / "u.safetensors", 2, 6)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
-    proc = subprocess.Popen([sys.executable, "-m", "softprompt", "serve", "--model", str(tiny_dirs["llama"]),
-                             "--prompts", str(tmp_path / "prompts"), "--port", str(port), "--admin-token", TOKEN,
-                             "--threads", "1"],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    try:
-        with Client(f"http://127.0.0.1:{port}", token=TOKEN, timeout=30) as c:
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    c.health()
-                    break
-                except httpx.HTTPError:
-                    assert proc.poll() is None and time.monotonic() < deadline, "server did not start"
-                    time.sleep(0.2)
-            got = c.classify("t", TEXTS[:3])
-            ref = offline_scores(backbone, prompt, TEXTS[:3], WORDS)
-            assert [r["label"] for r in got] == [list(VERBALIZER)[int(s.argmax())] for s in ref]
-            assert c.put_prompt("u", tmp_path / "u.safetensors")["name"] == "u"
-            assert [t["name"] for t in c.tasks()] == ["t", "u"]
-    finally:
-        proc.terminate()
-        out = proc.communicate(timeout=30)[0].decode()
-    assert "1 task(s)" in out and "prefix cache on" in out
+    server = ServeProcess(tiny_dirs["llama"], tmp_path / "prompts", "--admin-token", TOKEN)
+    with server as url, Client(url, token=TOKEN, timeout=30) as c:
+        got = c.classify("t", TEXTS[:3])
+        ref = offline_scores(backbone, prompt, TEXTS[:3], WORDS)
+        assert [r["label"] for r in got] == [list(VERBALIZER)[int(s.argmax())] for s in ref]
+        assert c.put_prompt("u", tmp_path / "u.safetensors")["name"] == "u"
+        assert [t["name"] for t in c.tasks()] == ["t", "u"]
+    assert "1 task(s)" in server.output and "prefix cache on" in server.output
+    assert "skipped" not in server.output
 
 
 def test_full_queue_is_503_with_retry_after(served) -> None:  # type: ignore[no-untyped-def]
@@ -421,3 +412,243 @@ def test_empty_label_text_refused_at_load(client: TestClient, served, tmp_path: 
     write_prompt(backbone, tmp_path / "e.safetensors", 2, 1, verbalizer={"x": "", "y": " yes"})
     r = client.put("/v1/prompts/e", content=(tmp_path / "e.safetensors").read_bytes(), headers=auth())
     assert r.status_code == 422 and "no tokens" in r.json()["detail"]
+
+
+# ---- prompts carry their task -------------------------------------------------------------------------------------
+def with_format(pf: PromptFile, template: str = "", instruction: str = "") -> PromptFile:
+    """The template and instruction a prompt was trained with, as the prompt-file format records them (version 2);
+    set on the loaded metadata so these tests run on files of either version."""
+    pf.meta.template = template  # type: ignore[attr-defined]
+    pf.meta.instruction = instruction  # type: ignore[attr-defined]
+    return pf
+
+
+def toy_rows(n: int = 24) -> list[dict]:
+    """Does the review contain an 'x'? (as tests/test_trainer.py's toy task, with its own field name)"""
+    words = ["ab", "cd", "xy", "ex", "mo", "ox", "pq", "xz"]
+    return [{"review": words[i % 8] + words[(i * 3) % 8], "label": int("x" in words[i % 8] + words[(i * 3) % 8])}
+            for i in range(n)]
+
+
+def test_prompt_template_and_instruction_format_inputs(served, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    backbone, _, _ = served
+    write_prompt(backbone, tmp_path / "p.safetensors", 3, 7, task="sst2", verbalizer={})
+    engine = Engine(backbone)
+    pf = load_prompt(tmp_path / "p.safetensors")
+    assert engine.make_task("p", [pf], where="p").format("hi") == "Sentence: hi\nSentiment:"  # the built-in task's
+    template = "Review: {review} {{x}} =>"
+    own = engine.make_task("p", [with_format(pf, template, "Judge.\n")], where="p")
+    assert own.format("a {text} {0} b") == "Judge.\n" + template.format(review="a {text} {0} b")
+    assert own.labels == ("0", "1")  # the built-in task's verbalizer still labels it
+    several = engine.make_task("p", [with_format(pf, "P: {premise} Q: {question}", "Pick.\n")], where="p")
+    assert several.template == "{text}" and several.format("P: a Q: b") == "Pick.\nP: a Q: b"  # sent formatted
+    for bad in ["{text.__class__}", "{0}", "{}", "{text!r}", "{text:>9}", "{text[0]}", "{a} {b.c}", "{", "}",
+                "no field"]:
+        with pytest.raises(PromptFileError, match="'template'"):
+            engine.make_task("p", [with_format(pf, bad)], where="p")
+
+
+def test_trained_file_task_answers_as_softprompt_eval(tiny_dirs, tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture) -> None:  # type: ignore[no-untyped-def]
+    """A prompt trained on a data-file task with its own template: the server, given the raw review, builds the row
+    training built, so its scores are `softprompt eval`'s."""
+    rows = toy_rows()
+    data = tmp_path / "toy.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    template, verbalizer = "Review: {review} =>", {"0": " no", "1": " yes"}
+    task = FileTask(FileTaskSpec(train=str(data), template=template, verbalizer=verbalizer, name="toy"))
+    backbone = tiny("llama")  # the weights of tiny_dirs["llama"]
+    config = TrainConfig(steps=8, batch_size=8, prompt_length=3, init="uniform", optimizer="adam", lr=0.3,
+                         eval_every=0, save_every=100)
+    out = tmp_path / "toy.safetensors"
+    train_prompt(backbone, task, task.examples("train"), config, out, progress=False)
+    pf = load_prompt(out)
+    if not getattr(pf.meta, "template", ""):  # a version-1 file: record the template as version 2 does
+        with_format(pf, template)
+    engine = Engine(backbone)
+    engine.add(engine.make_task("toy", [pf], where=str(out)))
+    with TestClient(create_app(engine)) as c:
+        results = c.post("/v1/classify", json={"task": "toy", "inputs": [r["review"] for r in rows]}).json()
+    ref = score_choices(PromptedModel(backbone, PromptBank(pf.prompt.unsqueeze(0))), task.examples("train"))[0]
+    for r, s in zip(results["results"], ref, strict=True):
+        assert r["label"] == str(int(s.argmax()))
+        assert math.isclose(r["scores"]["0"], float(s[0]), abs_tol=1e-4)
+        assert math.isclose(r["scores"]["1"], float(s[1]), abs_tol=1e-4)
+    assert main(["eval", "--model", str(tiny_dirs["llama"]), "--threads", "1", "--task", str(data), "--template",
+                 template, "--verbalizer", json.dumps(verbalizer), "--prompt", str(out), "--split", "train",
+                 "--json"]) == 0
+    accuracy = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["accuracy"]
+    served_accuracy = sum(r["label"] == str(row["label"]) for r, row in zip(results["results"], rows, strict=True))
+    assert math.isclose(served_accuracy / len(rows), accuracy)
+
+
+def test_per_request_choices(client: TestClient, served) -> None:  # type: ignore[no-untyped-def]
+    """Multiple choice (COPA-like): the request's own candidate texts, scored on the same path as labels."""
+    backbone, _, prompts = served
+    inputs = TEXTS[:4]
+    options = [" the cat sat", " a dog", " x"]
+    r = client.post("/v1/classify", json={"task": "gen", "inputs": inputs, "choices": options})
+    assert r.status_code == 200, r.text
+    ref = offline_scores(backbone, prompts["gen"][0], inputs, tuple(options))
+    for res, s in zip(r.json()["results"], ref, strict=True):
+        best = int(s.argmax())
+        assert res["label"] == str(best) and res["text"] == options[best].strip()
+        assert list(res["scores"]) == ["0", "1", "2"]
+        for j in range(3):
+            assert math.isclose(res["scores"][str(j)], float(s[j]), abs_tol=1e-4)
+    # A task with labels of its own may be asked other choices too; an ensemble votes over them.
+    words = (" maybe", " yes")
+    results = Client(http=client).classify("ens", inputs, list(words))
+    per_member = torch.stack([offline_scores(backbone, p, inputs, words) for p in prompts["ens"]])  # [3, E, 2]
+    for e, res in enumerate(results):
+        votes = [str(int(per_member[m, e].argmax())) for m in range(3)]
+        assert res["votes"] == {v: votes.count(v) for v in set(votes)}
+        assert math.isclose(res["scores"]["1"], float(per_member[:, e, 1].mean()), abs_tol=1e-4)
+
+
+# ---- servable training folders ------------------------------------------------------------------------------------
+def test_load_dir_skips_training_side_files(served, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    backbone, _, _ = served
+    write_prompt(backbone, tmp_path / "a.safetensors", 2, 1)
+    save_file({"prompt": torch.zeros(2, 2)}, str(tmp_path / "a.ckpt.safetensors"))  # not a prompt file
+    (tmp_path / "a.metrics.jsonl").write_text('{"step": 1}\n')
+    (tmp_path / "a.tb").mkdir()
+    (tmp_path / "a.tb" / "events.out.tfevents.1").write_bytes(b"\0")
+    (tmp_path / "ens").mkdir()
+    write_prompt(backbone, tmp_path / "ens" / "m.safetensors", 2, 2)
+    save_file({"prompt": torch.zeros(2, 2)}, str(tmp_path / "ens" / "m.ckpt.safetensors"))
+    engine = Engine(backbone)
+    loaded = engine.load_dir(tmp_path)
+    assert loaded.tasks == ["a", "ens"] and len(engine.get("ens").members) == 1
+    assert sorted(str(p.relative_to(tmp_path)) for p in loaded.skipped) == [
+        "a.ckpt.safetensors", "a.metrics.jsonl", "a.tb", "ens/m.ckpt.safetensors"]
+    save_file({"weight": torch.zeros(2, 2)}, str(tmp_path / "junk.safetensors"))  # a mistake stays loud
+    with pytest.raises(PromptFileError, match="not a softprompt prompt file"):
+        Engine(backbone).load_dir(tmp_path)
+
+
+def test_softprompt_train_folder_is_servable(tiny_dirs, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """`softprompt train --out prompts/x.safetensors`, then `softprompt serve --prompts prompts/`, both as a user
+    runs them."""
+    data = tmp_path / "toy.jsonl"
+    data.write_text("".join(json.dumps({"text": r["review"], "label": r["label"]}) + "\n" for r in toy_rows(8)))
+    out = tmp_path / "prompts" / "x.safetensors"
+    assert main(["train", "--model", str(tiny_dirs["llama"]), "--threads", "1", "--task", str(data), "--template",
+                 "{text} ->", "--verbalizer", '{"0": " no", "1": " yes"}', "--out", str(out), "--steps", "2",
+                 "--batch-size", "4", "--prompt-length", "2", "--no-eval", "--save-every", "1",
+                 "--no-progress"]) == 0
+    side = sorted(p.name for p in out.parent.iterdir() if p != out)
+    assert "x.ckpt.safetensors" in side and "x.metrics.jsonl" in side
+    server = ServeProcess(tiny_dirs["llama"], out.parent)
+    with server as url, Client(url, timeout=30) as c:
+        [info] = c.tasks()
+        got = c.classify("x", TEXTS[:3])
+    assert info["name"] == "x" and info["labels"] == ["0", "1"]
+    formatted = [info["template"].replace("{text}", t) for t in TEXTS[:3]]
+    ref = offline_scores(tiny("llama"), load_prompt(out).prompt, formatted, (" no", " yes"))
+    assert [r["label"] for r in got] == [str(int(s.argmax())) for s in ref]
+    skipped = next(line for line in server.output.splitlines() if "skipped" in line)
+    assert all(name in skipped for name in side), (side, skipped)  # x.tb/ too, when TensorBoard is installed
+    assert "1 task(s)" in server.output
+
+
+# ---- uploads --------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(("fields", "version", "named"), [
+    ({}, "one", "format_version"),
+    ({}, "-1", "format_version"),
+    ({"format_version": "1"}, "2", "format_version"),
+    ({"format_version": 1.5}, "2", "format_version"),
+    ({"model_probe": None}, "2", "model_probe"),
+    ({"model_probe": ["a", 1.0]}, "2", "model_probe"),
+    ({"model_fingerprint": 7}, "2", "model_fingerprint"),
+    ({"verbalizer": [" yes", " no"]}, "2", "verbalizer"),
+    ({"verbalizer": {"a": 1}}, "2", "verbalizer"),
+    ({"hidden_size": "32"}, "2", "hidden_size"),
+    ({"prompt_length": True}, "2", "prompt_length"),
+    ({"task": 3}, "2", "task"),
+    ({"task": None}, "2", "task"),
+    ({"train_config": []}, "2", "train_config"),
+    ({"metrics": "fast"}, "2", "metrics"),
+    ({"init": {}}, "2", "init"),
+    ({"base_model": ...}, "2", "base_model"),
+    ({"bogus": 1}, "2", "bogus"),
+    ({"template": "{text.__class__}"}, "2", "template"),
+    ({"instruction": 5}, "2", "instruction"),
+])
+def test_malformed_metadata_is_422_naming_the_field(client: TestClient, served, fields: dict, version: str,
+                                                    named: str) -> None:  # type: ignore[no-untyped-def]
+    r = client.put("/v1/prompts/bad", content=prompt_bytes(served[0], header_version=version, **fields),
+                   headers=auth())
+    assert r.status_code == 422, r.text
+    assert named in r.json()["detail"], r.json()
+    assert "bad" not in {t["name"] for t in client.get("/v1/tasks").json()["tasks"]}
+
+
+def test_unparseable_metadata_is_422(client: TestClient, served) -> None:  # type: ignore[no-untyped-def]
+    backbone = served[0]
+    deep, huge = "[" * 20_000 + "]" * 20_000, '{"hidden_size": 1' + "0" * 5000 + "}"
+    for text, message in [("[1, 2]", "object"), ("null", "object"), ("{", "metadata"), (deep, "metadata"),
+                          (huge, "metadata")]:
+        r = client.put("/v1/prompts/bad", content=prompt_bytes(backbone, meta_json=text), headers=auth())
+        assert r.status_code == 422 and message in r.json()["detail"], (text[:20], r.text[:300])
+
+
+def test_too_long_prompt_is_422(client: TestClient, served) -> None:  # type: ignore[no-untyped-def]
+    # 512 positions on the tiny llama: 256 input and 128 new tokens leave room for 128 prompt vectors.
+    r = client.put("/v1/prompts/long", content=prompt_bytes(served[0], 129), headers=auth())
+    assert r.status_code == 422 and "leaves no room" in r.json()["detail"]
+    assert client.put("/v1/prompts/long", content=prompt_bytes(served[0], 128), headers=auth()).status_code == 201
+
+
+def test_uploaded_task_never_opens_a_server_file(client: TestClient, served, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    """A metadata ``task`` that names a file on the server (a YAML task spec, a data file) is only a name: the
+    server never reads it; an upload for a task it does not know must carry its own verbalizer or template."""
+    backbone = served[0]
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("train: secret.jsonl\ntemplate: 'Secret: {text}'\nverbalizer: {'0': ' a', '1': ' b'}\n")
+    (tmp_path / "data.jsonl").write_text('{"text": "secret", "label": 0}\n')
+    opened: list[object] = []
+    monkeypatch.setattr(FileTaskSpec, "from_yaml", classmethod(lambda cls, path: opened.append(path)))
+    monkeypatch.setattr("softprompt.tasks.generic.read_records", lambda path: opened.append(path) or [])
+    for path in (spec, tmp_path / "data.jsonl"):
+        r = client.put("/v1/prompts/f", content=prompt_bytes(backbone, task=str(path), verbalizer={}), headers=auth())
+        assert r.status_code == 422 and "'task'" in r.json()["detail"], r.text
+        r = client.put("/v1/prompts/f", content=prompt_bytes(backbone, task=str(path)), headers=auth())
+        assert r.status_code in (200, 201), r.text
+        assert r.json()["template"] == "{text}" and r.json()["labels"] == list(VERBALIZER)
+    info = client.put("/v1/prompts/f", content=prompt_bytes(backbone, task="sst2", verbalizer={}), headers=auth())
+    assert info.json()["labels"] == ["0", "1"] and info.json()["template"] == get_task("sst2").text_template
+    info = client.put("/v1/prompts/f", content=prompt_bytes(backbone, task="", verbalizer={}), headers=auth())
+    assert info.json()["kind"] == "generation"
+    (tmp_path / "dir").mkdir()  # a folder the operator serves does not read them either
+    (tmp_path / "dir" / "f.safetensors").write_bytes(prompt_bytes(backbone, task=str(spec)))
+    assert Engine(backbone).load_dir(tmp_path / "dir").tasks == ["f"]
+    assert opened == []
+
+
+def test_bodies_over_the_limit_are_413(served) -> None:  # type: ignore[no-untyped-def]
+    """Declared (content-length) and chunked bodies, JSON and uploads: refused once past the limit."""
+    backbone, root, _ = served
+    engine = Engine(backbone)
+    engine.load_dir(root)
+    app = create_app(engine, ServerConfig(admin=True, admin_token=TOKEN, max_upload_bytes=5_000, max_body_bytes=2_000))
+    big = json.dumps({"task": "a", "inputs": ["x" * 1000] * 3}).encode()
+    json_type = {"Content-Type": "application/json"}
+
+    def chunked(body: bytes):  # type: ignore[no-untyped-def]  # no content-length: Transfer-Encoding: chunked
+        yield from (body[i:i + 1000] for i in range(0, len(body), 1000))
+
+    with LiveServer(app) as url, httpx.Client(base_url=url, timeout=30) as http:
+        for content in (big, chunked(big)):
+            r = http.post("/v1/classify", content=content, headers=json_type)
+            assert r.status_code == 413 and "exceeds the limit of 2000" in r.json()["detail"], r.text
+        body = prompt_bytes(backbone, 40)
+        assert len(body) > 5_000
+        for content in (body, chunked(body)):
+            r = http.put("/v1/prompts/z", content=content, headers=auth())
+            assert r.status_code == 413 and "exceeds the limit of 5000" in r.json()["detail"], r.text
+        r = http.post("/v1/completions", content=chunked(big), headers=json_type)
+        assert r.status_code == 413 and "exceeds" in r.json()["error"]["message"], r.text
+        assert http.post("/v1/classify", json={"task": "a", "inputs": ["x"]}).status_code == 200
+        assert "z" not in {t["name"] for t in http.get("/v1/tasks").json()["tasks"]}

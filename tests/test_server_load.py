@@ -145,3 +145,90 @@ def test_load_with_hot_reload(tmp_path: Path) -> None:
     batches = float(lines["softprompt_batch_tasks_count"])
     assert batches < answered  # requests shared forwards...
     assert float(lines["softprompt_batch_tasks_sum"]) / batches > 1.5  # ...across tasks
+
+
+def test_answers_come_from_the_version_each_request_resolved(tmp_path: Path) -> None:
+    """Client threads classify task "v" (natively and through /v1/completions) while an admin thread replaces it
+    with the other of two versions and deletes it, on 127.0.0.1: no request gets a 5xx, and every answer is
+    wholly one version's (its labels, its scores), never a mix. Bounded to 6 s and 400 requests."""
+    backbone = tiny("llama")
+    versions = []  # (body, text → scores, text → answer text)
+    for i, labels in enumerate([("neg", "pos", "mid"), ("no", "yes", "maybe")]):  # label names tell them apart
+        verbalizer = dict(zip(labels, VERBALIZER.values(), strict=True))
+        prompt = write_prompt(backbone, tmp_path / f"v{i}.safetensors", 3 + 2 * i, 200 + i, verbalizer=verbalizer)
+        ref = offline_scores(backbone, prompt, TEXTS, tuple(verbalizer.values()))
+        versions.append(((tmp_path / f"v{i}.safetensors").read_bytes(),
+                         {t: dict(zip(labels, s.tolist(), strict=True)) for t, s in zip(TEXTS, ref, strict=True)}))
+    engine = Engine(backbone, max_batch_rows=64)
+    engine.add(engine.task_from_bytes("v", versions[0][0]))
+    app = create_app(engine, ServerConfig(admin=True, admin_token=TOKEN, max_wait_ms=2))
+    failures: list[str] = []
+    status = Counter[str]()
+    lock = threading.Lock()
+    stop = threading.Event()
+    deadline = time.monotonic() + 6
+    budget = iter(range(400))
+
+    def which(scores: dict[str, float], text: str) -> int | None:
+        for i, (_, want) in enumerate(versions):
+            if set(scores) == set(want[text]) and all(math.isclose(scores[k], v, abs_tol=1e-4)
+                                                     for k, v in want[text].items()):
+                return i
+        return None
+
+    def client(seed: int, url: str) -> None:
+        rng = random.Random(seed)
+        with httpx.Client(base_url=url, timeout=60) as http:
+            while time.monotonic() < deadline and next(budget, None) is not None:
+                texts = rng.sample(TEXTS, rng.randint(1, 3))
+                openai_route = rng.random() < 0.3
+                if openai_route:
+                    r = http.post("/v1/completions", json={"model": "v", "prompt": texts})
+                else:
+                    r = http.post("/v1/classify", json={"task": "v", "inputs": texts})
+                with lock:
+                    status[f"{'completions' if openai_route else 'classify'} {r.status_code}"] += 1
+                if r.status_code == 404:
+                    continue  # deleted when the request arrived
+                if r.status_code != 200:
+                    failures.append(f"HTTP {r.status_code} {r.text[:200]}")
+                elif openai_route:  # the label texts of one version's predictions
+                    got = [c["text"] for c in r.json()["choices"]]
+                    words = [w.strip() for w in VERBALIZER.values()]
+                    if not any(got == [words[max(range(3), key=lambda j: list(w[t].values())[j])] for t in texts]
+                               for _, w in versions):
+                        failures.append(f"completions {texts}: {got} is no version's answer")
+                else:
+                    seen = {which(res["scores"], t) for res, t in zip(r.json()["results"], texts, strict=True)}
+                    if len(seen) != 1 or None in seen:
+                        failures.append(f"classify {texts}: versions {seen} in one answer {r.json()}")
+                    else:
+                        with lock:
+                            status[f"version {seen.pop()}"] += 1
+
+    def admin(url: str) -> None:
+        headers = {"Authorization": f"Bearer {TOKEN}"}
+        with httpx.Client(base_url=url, timeout=60) as http:
+            while not stop.is_set():
+                for method, body in (("put", versions[1][0]), ("put", versions[0][0]), ("delete", None),
+                                     ("put", versions[0][0])):
+                    r = http.request(method, "/v1/prompts/v", headers=headers, content=body)
+                    with lock:
+                        status[f"admin {method} {r.status_code}"] += 1
+                    if r.status_code >= 500:
+                        failures.append(f"admin {method}: HTTP {r.status_code} {r.text[:200]}")
+                    time.sleep(0.03)
+
+    with LiveServer(app) as url:
+        threads = [threading.Thread(target=client, args=(i, url)) for i in range(6)]
+        admin_thread = threading.Thread(target=admin, args=(url,))
+        admin_thread.start()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        stop.set()
+        admin_thread.join(timeout=60)
+    print(f"versions: statuses {dict(sorted(status.items()))}")
+    assert not failures, f"{len(failures)} failures, e.g. {failures[:3]}; statuses {dict(status)}"
+    assert status["version 0"] > 0 and status["version 1"] > 0, dict(status)

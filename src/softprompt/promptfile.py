@@ -243,7 +243,7 @@ def load_prompt(path: str | Path) -> PromptFile:
                               f"{', '.join(map(str, VERSION_FIELDS))}")
     try:
         obj = json.loads(header["softprompt"])
-    except (json.JSONDecodeError, RecursionError) as err:
+    except (ValueError, RecursionError) as err:  # ValueError: bad JSON, or an integer of > 4300 digits
         raise PromptFileError(f"{path}: corrupt metadata ({err})") from None
     meta = meta_from_json(obj, version, str(path))
     if not prompt.is_floating_point() or prompt.dim() != 2:

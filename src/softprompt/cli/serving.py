@@ -14,7 +14,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="serve every prompt in a folder as a task over HTTP (FastAPI, /docs)")
     add_model(p, default=None)
     p.add_argument("--prompts", type=Path, required=True,
-                   help="folder: NAME.safetensors → task NAME; sub-folder NAME/ of prompt files → ensemble task NAME")
+                   help="folder: NAME.safetensors → task NAME; sub-folder NAME/ of prompt files → ensemble task NAME "
+                        "(a `softprompt train` output folder works: its side files are skipped)")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--admin-token", default=None,
@@ -47,8 +48,11 @@ def run(args: argparse.Namespace) -> int:
     engine = Engine(backbone_from_args(args), max_batch_rows=args.max_batch_rows,
                     max_input_tokens=args.max_input_tokens, prefix_cache=not args.no_prefix_cache,
                     allow_other_model=args.allow_other_model)
-    names = engine.load_dir(args.prompts)
-    print(f"softprompt serve: {len(names)} task(s) on {args.model} (prefix cache "
-          f"{'on' if engine.prefix_cache else 'off'}): {', '.join(names) or 'none'}", file=sys.stderr)
+    loaded = engine.load_dir(args.prompts)
+    if loaded.skipped:
+        names = [f"{p.relative_to(args.prompts)}{'/' if p.is_dir() else ''}" for p in loaded.skipped]
+        print(f"softprompt serve: skipped {len(names)} training side file(s): {', '.join(names)}", file=sys.stderr)
+    print(f"softprompt serve: {len(loaded.tasks)} task(s) on {args.model} (prefix cache "
+          f"{'on' if engine.prefix_cache else 'off'}): {', '.join(loaded.tasks) or 'none'}", file=sys.stderr)
     uvicorn.run(create_app(engine, config), host=args.host, port=args.port, log_level="info")
     return 0

@@ -59,9 +59,14 @@ class Client:
     def tasks(self) -> list[dict]:
         return self._check(self.http.get("/v1/tasks"))["tasks"]
 
-    def classify(self, task: str, inputs: list[str]) -> list[dict]:
-        """One result per input: ``label``, ``text``, ``scores`` (label → log-likelihood), ``votes``."""
-        return self._check(self.http.post("/v1/classify", json={"task": task, "inputs": inputs}))["results"]
+    def classify(self, task: str, inputs: list[str], choices: list[str] | None = None) -> list[dict]:
+        """One result per input: ``label``, ``text``, ``scores`` (label → log-likelihood), ``votes``. With
+        ``choices`` those texts are ranked for every input instead of the task's labels, and labels are their
+        indices ("0", "1", ...)."""
+        body: dict = {"task": task, "inputs": inputs}
+        if choices is not None:
+            body["choices"] = choices
+        return self._check(self.http.post("/v1/classify", json=body))["results"]
 
     def generate(self, task: str, inputs: list[str], max_new_tokens: int = 32) -> list[str]:
         body = {"task": task, "inputs": inputs, "max_new_tokens": max_new_tokens}

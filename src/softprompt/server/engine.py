@@ -6,6 +6,9 @@ classification, one per (input, member) for generation — and runs them in forw
 rows where each row carries its own prompt: the prefix cache path (decoder-only, :mod:`softprompt.server.prefix_cache`)
 or the one splice (:class:`softprompt.prompted.PromptedModel`) with a bank of the batch's prompts.
 
+A prompt carries its task: the template and instruction it was trained with (its metadata; else a built-in task's
+``text_template``; else ``"{text}"``) format each served input, so a row served is the row trained.
+
 Jobs hold the :class:`ServedTask` they resolved when they arrived, so unloading a task never fails a job already
 accepted; every model call happens on the batcher's single worker thread.
 """
@@ -16,10 +19,12 @@ import os
 import re
 import tempfile
 import threading
+import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from string import Formatter
 from typing import Literal
 
 import torch
@@ -38,13 +43,18 @@ from softprompt.server.prefix_cache import (
     prompt_kv,
     supports_prefix_cache,
 )
-from softprompt.tasks import TaskDataError, get_task
+from softprompt.tasks import TASKS
 
 # Task names: a letter or digit first, then letters, digits, '_', '.', '-' — never a path separator or '..'.
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 _NAME_RE = re.compile(NAME_PATTERN)
 # A forward's rows are cut where padding would exceed this multiple of the real tokens (see Engine._chunks).
 PAD_SLACK = 1.5
+# The most tokens one generation request may ask for (the API's limit; prompts must leave room for them).
+MAX_NEW_TOKENS = 128
+# Files `softprompt train` writes beside its prompt: a resume checkpoint, a metrics log, a TensorBoard folder.
+TRAINING_SIDE_FILES = (".ckpt.safetensors", ".metrics.jsonl")
+TRAINING_SIDE_DIRS = (".tb",)
 
 
 class TaskError(ValueError):
@@ -66,25 +76,70 @@ class Member:
     kv: PromptKV | None
 
 
+def served_template(template: str, where: str) -> str:
+    """The template a task serves: a ``str.format`` string whose one plain field (``{text}``, or the one field a
+    data-file task's records filled) each request's input fills. A template of several fields (a record of
+    several parts) cannot be filled from one text: its inputs arrive formatted, as for the built-in multi-field
+    tasks, so it serves ``"{text}"``. A field expression, conversion, format spec or positional field is refused
+    here, at load: the server must never evaluate anything a prompt file says."""
+    try:
+        parsed = [(f, spec, conv) for _, f, spec, conv in Formatter().parse(template) if f is not None]
+    except ValueError as err:
+        raise PromptFileError(f"{where}: metadata field 'template' is not a format string ({err})") from None
+    fields = {f for f, _, _ in parsed}
+    if not fields or any(not f.isidentifier() or spec or conv for f, spec, conv in parsed):
+        raise PromptFileError(f"{where}: metadata field 'template' must name its input fields plainly (like "
+                              f"{{text}}), got {template[:200]!r}")
+    return template if len(fields) == 1 else "{text}"
+
+
+def position_limit(backbone: Backbone) -> int | None:
+    """How many positions a decoder-only model reads (None: no fixed limit, e.g. T5's relative positions)."""
+    if backbone.is_encoder_decoder:
+        return None
+    config = backbone.model.config
+    return getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+
+
 @dataclass(frozen=True)
 class ServedTask:
-    """A served task: its member prompts (1, or K for an ensemble), input template, and verbalizer."""
+    """A served task: its member prompts (1, or K for an ensemble), input format, and verbalizer."""
 
     name: str
     members: tuple[Member, ...]
-    template: str  # "{text}" when the prompt's task is unknown
+    template: str  # one field for the input (see served_template); "{text}" when nothing says otherwise
     labels: tuple[str, ...]  # verbalizer keys (empty: a generation task)
     words: tuple[str, ...]  # verbalizer target texts, aligned with labels
     source_task: str
     base_model: str
+    instruction: str = ""  # text before the formatted input, as in training
+    loaded_at: int = field(default_factory=lambda: int(time.time()))
 
     @property
     def kind(self) -> Literal["classification", "generation"]:
         return "classification" if self.labels else "generation"
 
     def format(self, text: str) -> str:
-        # str.replace, not str.format: a request's text must never be parsed as a format string.
-        return self.template.replace("{text}", text)
+        # The template's literal parts joined around the input: what training's ``template.format(field=text)``
+        # gave, without ever formatting (so neither the request's text nor the file's template is evaluated).
+        parts: list[str] = []
+        for literal, name, _, _ in Formatter().parse(self.template):
+            parts.append(literal)
+            if name is not None:
+                parts.append(text)
+        return self.instruction + "".join(parts)
+
+
+@dataclass(frozen=True)
+class LoadedDir:
+    """What :meth:`Engine.load_dir` served, and the training side files it skipped."""
+
+    tasks: list[str]
+    skipped: list[Path]
+
+
+def is_training_side_file(path: Path) -> bool:
+    return path.name.endswith(TRAINING_SIDE_DIRS if path.is_dir() else TRAINING_SIDE_FILES)
 
 
 @dataclass
@@ -95,13 +150,22 @@ class Job:
     task: ServedTask
     inputs: list[str]
     max_new_tokens: int = 0
+    choices: list[tuple[str, ...]] | None = None  # classify: each input's own candidate targets (multiple choice)
     result: list[dict] = field(default_factory=list)
     error: Exception | None = None  # set instead of result when this job's rows failed
 
+    def targets(self, i: int) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """(labels, target texts) that input ``i`` is ranked over: its own choices, labelled "0", "1", ... (as
+        COPA's raw labels are), else the task's verbalizer."""
+        if self.choices is None:
+            return self.task.labels, self.task.words
+        return tuple(str(j) for j in range(len(self.choices[i]))), self.choices[i]
+
     @property
     def rows(self) -> int:
-        per_input = len(self.task.words) if self.kind == "classify" else 1
-        return len(self.inputs) * per_input * len(self.task.members)
+        if self.kind != "classify":
+            return len(self.inputs) * len(self.task.members)
+        return sum(len(self.targets(i)[1]) for i in range(len(self.inputs))) * len(self.task.members)
 
 
 class Engine:
@@ -124,36 +188,51 @@ class Engine:
         prompt = pf.prompt.to(self.backbone.device)
         return Member(prompt, prompt_kv(self.backbone, prompt) if self.prefix_cache else None)
 
-    def make_task(self, name: str, files: Sequence[PromptFile], *, where: str) -> ServedTask:
-        """Validate prompt files against the model and build a task (K > 1 files: an ensemble)."""
+    def make_task(self, name: str, files: Sequence[PromptFile], *, where: str, upload: bool = False) -> ServedTask:
+        """Validate prompt files against the model and build a task (K > 1 files: an ensemble).
+
+        The format is the prompt's own template and instruction, else its built-in task's ``text_template``, else
+        ``"{text}"``; the labels are its verbalizer, else its built-in task's. A task is looked up among the built-in
+        tasks only, never as a path: a prompt file's metadata must not make the server read another file. An
+        upload (``upload=True``) that names a task the server does not know must carry its own verbalizer or
+        template, so that it is never served by guesswork.
+        """
         check_name(name)
         if not files:
             raise PromptFileError(f"{where}: no prompt files")
+        limit = position_limit(self.backbone)
         for pf in files:
             check_compatible(pf, self.backbone, where=where, allow_other_model=self.allow_other_model)
+            length = int(pf.prompt.shape[0])
+            if limit is not None and length + self.max_input_tokens + MAX_NEW_TOKENS > limit:
+                raise PromptFileError(f"{where}: prompt length {length} leaves no room for inputs: the model reads "
+                                      f"{limit} positions, inputs take up to {self.max_input_tokens} "
+                                      f"(--max-input-tokens) and generation up to {MAX_NEW_TOKENS}")
         meta = files[0].meta
-        verbalizer = dict(meta.verbalizer)
-        template = "{text}"
-        if meta.task:
-            try:
-                known = get_task(meta.task)
-                template = known.text_template
-                verbalizer = verbalizer or dict(known.verbalizer)
-            except TaskDataError:
-                pass  # a task this server does not know: raw text in, the prompt's own verbalizer out
+        known = TASKS[meta.task]() if meta.task in TASKS else None
+        own_template, instruction = meta.template, meta.instruction  # "" in version-1 files
+        if upload and meta.task and known is None and not meta.verbalizer and not own_template:
+            raise PromptFileError(f"{where}: metadata field 'task' is {meta.task[:100]!r}, which is no built-in task, "
+                                  "and the prompt carries no verbalizer or template of its own")
+        template = served_template(own_template or (known.text_template if known else "{text}"), where)
+        verbalizer = dict(meta.verbalizer) or (dict(known.verbalizer) if known else {})
         for other in files[1:]:
             if dict(other.meta.verbalizer or verbalizer) != verbalizer:
                 raise PromptFileError(f"{where}: ensemble members disagree on the verbalizer")
+            if (getattr(other.meta, "template", "") or "", getattr(other.meta, "instruction", "") or "") != (
+                    own_template, instruction):
+                raise PromptFileError(f"{where}: ensemble members disagree on the template or instruction")
         for label, word in verbalizer.items():
             if not self.backbone.tokenizer(word, add_special_tokens=False)["input_ids"]:
                 raise PromptFileError(f"{where}: label {label!r} has target text {word!r}, which is no tokens")
         members = tuple(self.member(pf) for pf in files)
         return ServedTask(name, members, template, tuple(verbalizer), tuple(verbalizer.values()), meta.task,
-                          meta.base_model)
+                          meta.base_model, instruction)
 
     def task_from_bytes(self, name: str, body: bytes) -> ServedTask:
         """A one-prompt task from an uploaded safetensors body; a bad body raises :class:`PromptFileError`."""
         check_name(name)
+        where = f"upload {name!r}"
         fd, tmp = tempfile.mkstemp(suffix=".safetensors")
         try:
             with os.fdopen(fd, "wb") as f:
@@ -161,30 +240,39 @@ class Engine:
             try:
                 pf = load_prompt(tmp)
             except PromptFileError as err:  # name the upload, not the temporary file
-                raise PromptFileError(str(err).replace(tmp, f"upload {name!r}")) from None
+                raise PromptFileError(str(err).replace(tmp, where)) from None
         finally:
             os.unlink(tmp)
-        return self.make_task(name, [pf], where=f"upload {name!r}")
+        return self.make_task(name, [pf], where=where, upload=True)
 
-    def load_dir(self, folder: Path) -> list[str]:
+    def load_dir(self, folder: Path) -> LoadedDir:
         """Serve every ``NAME.safetensors`` (task NAME) and every sub-folder ``NAME/`` of prompt files (an ensemble
-        task NAME) in ``folder``."""
+        task NAME) in ``folder``; skip the side files ``softprompt train`` writes beside a prompt (resume
+        checkpoints ``*.ckpt.safetensors``, ``*.metrics.jsonl``, ``*.tb/``), so its output folder is servable."""
         folder = Path(folder)
         if not folder.is_dir():
             raise FileNotFoundError(f"prompt folder not found: {folder}")
-        loaded = []
+        loaded: list[str] = []
+        skipped: list[Path] = []
         for path in sorted(folder.iterdir()):
+            if is_training_side_file(path):
+                skipped.append(path)
+                continue
             if path.is_file() and path.suffix == ".safetensors":
                 files = [load_prompt(path)]
             elif path.is_dir():
-                files = [load_prompt(p) for p in sorted(path.glob("*.safetensors"))]
-                if not files:
+                members = []
+                for p in sorted(path.glob("*.safetensors")):
+                    (skipped if is_training_side_file(p) else members).append(p)
+                if not members:
                     continue
+                files = [load_prompt(p) for p in members]
             else:
                 continue
-            self.add(self.make_task(path.stem if path.is_file() else path.name, files, where=str(path)))
-            loaded.append(path.stem if path.is_file() else path.name)
-        return loaded
+            name = path.stem if path.is_file() else path.name
+            self.add(self.make_task(name, files, where=str(path)))
+            loaded.append(name)
+        return LoadedDir(loaded, skipped)
 
     def add(self, task: ServedTask) -> bool:
         """Serve ``task`` (replacing one of the same name); True when it replaced one."""
@@ -284,31 +372,33 @@ class Engine:
         cls_rows: list[tuple[Member, str, str]] = []
         gen_rows: list[tuple[Member, str, int]] = []
         for job in jobs:
-            for text in job.inputs:
+            for i, text in enumerate(job.inputs):
                 formatted = job.task.format(text)
                 for m in job.task.members:
                     if job.kind == "classify":
-                        cls_rows += [(m, formatted, w) for w in job.task.words]
+                        cls_rows += [(m, formatted, w) for w in job.targets(i)[1]]
                     else:
                         gen_rows.append((m, formatted, job.max_new_tokens))
         scores = self._scores(cls_rows) if cls_rows else []
         texts = self._generate(gen_rows) if gen_rows else []
         si = gi = 0
         for job in jobs:
-            task, k, n = job.task, len(job.task.words), len(job.task.members)
+            n = len(job.task.members)
             job.result = []
-            for text in job.inputs:
+            for i, text in enumerate(job.inputs):
                 if job.kind == "classify":
+                    labels, words = job.targets(i)
+                    k = len(words)
                     per_member = [scores[si + j * k: si + (j + 1) * k] for j in range(n)]
                     si += n * k
                     member_scores = torch.tensor(per_member).unsqueeze(1)  # [N, 1, K]
-                    votes = [task.labels[int(i)] for i in member_scores.argmax(dim=-1)[:, 0]]
+                    votes = [labels[int(j)] for j in member_scores.argmax(dim=-1)[:, 0]]
                     # The library's vote (ties: higher mean probability, then lower label index): the server and
                     # `softprompt ensemble` give the same answer for the same prompts.
-                    label = task.labels[int(majority_vote(member_scores)[0])]
-                    mean = [sum(s[i] for s in per_member) / n for i in range(k)]
-                    job.result.append({"input": text, "label": label, "text": task.words[task.labels.index(label)]
-                                       .strip(), "scores": dict(zip(task.labels, mean, strict=True)),
+                    label = labels[int(majority_vote(member_scores)[0])]
+                    mean = [sum(s[j] for s in per_member) / n for j in range(k)]
+                    job.result.append({"input": text, "label": label, "text": words[labels.index(label)]
+                                       .strip(), "scores": dict(zip(labels, mean, strict=True)),
                                        "votes": dict(Counter(votes))})
                 else:
                     outs = texts[gi:gi + n]
