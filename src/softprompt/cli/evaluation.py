@@ -28,6 +28,7 @@ from softprompt.prompt_design import design_prompt
 from softprompt.prompted import PromptedModel
 from softprompt.promptfile import check_compatible, load_prompt
 from softprompt.tasks import TASKS, Example, get_task
+from softprompt.templates import fill_template, input_template
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -120,9 +121,12 @@ def run_predict(args: argparse.Namespace) -> int:
     pm, meta = prompted_from_file(backbone, args.prompt, allow_other_model=args.allow_other_model)
     # A prompt trained on a user's data file names a task that is not built in: its inputs are taken as given.
     task = get_task(args.task) if args.task else (TASKS[meta["task"]]() if meta["task"] in TASKS else None)
-    template = "{text}" if args.raw or task is None else task.text_template
+    # The template the prompt was trained with (format 2 records it), else the named task's, else the raw text.
+    recorded = "" if args.raw or args.task else meta["template"]
+    template = input_template(recorded or ("{text}" if args.raw or task is None else task.text_template), args.prompt)
+    instruction = "" if args.raw else meta["instruction"]
     verbalizer = meta["verbalizer"] or (dict(task.verbalizer) if task else {})
-    inputs = [template.format(text=t) for t in args.text]
+    inputs = [fill_template(template, t, instruction) for t in args.text]
     results = []
     if verbalizer:
         words = tuple(verbalizer.values())

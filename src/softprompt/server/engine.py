@@ -24,7 +24,6 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from string import Formatter
 from typing import Literal
 
 import torch
@@ -44,6 +43,7 @@ from softprompt.server.prefix_cache import (
     supports_prefix_cache,
 )
 from softprompt.tasks import TASKS
+from softprompt.templates import fill_template, input_template
 
 # Task names: a letter or digit first, then letters, digits, '_', '.', '-' — never a path separator or '..'.
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
@@ -76,23 +76,6 @@ class Member:
     kv: PromptKV | None
 
 
-def served_template(template: str, where: str) -> str:
-    """The template a task serves: a ``str.format`` string whose one plain field (``{text}``, or the one field a
-    data-file task's records filled) each request's input fills. A template of several fields (a record of
-    several parts) cannot be filled from one text: its inputs arrive formatted, as for the built-in multi-field
-    tasks, so it serves ``"{text}"``. A field expression, conversion, format spec or positional field is refused
-    here, at load: the server must never evaluate anything a prompt file says."""
-    try:
-        parsed = [(f, spec, conv) for _, f, spec, conv in Formatter().parse(template) if f is not None]
-    except ValueError as err:
-        raise PromptFileError(f"{where}: metadata field 'template' is not a format string ({err})") from None
-    fields = {f for f, _, _ in parsed}
-    if not fields or any(not f.isidentifier() or spec or conv for f, spec, conv in parsed):
-        raise PromptFileError(f"{where}: metadata field 'template' must name its input fields plainly (like "
-                              f"{{text}}), got {template[:200]!r}")
-    return template if len(fields) == 1 else "{text}"
-
-
 def position_limit(backbone: Backbone) -> int | None:
     """How many positions a decoder-only model reads (None: no fixed limit, e.g. T5's relative positions)."""
     if backbone.is_encoder_decoder:
@@ -107,7 +90,7 @@ class ServedTask:
 
     name: str
     members: tuple[Member, ...]
-    template: str  # one field for the input (see served_template); "{text}" when nothing says otherwise
+    template: str  # one field for the input (templates.input_template); "{text}" when nothing says otherwise
     labels: tuple[str, ...]  # verbalizer keys (empty: a generation task)
     words: tuple[str, ...]  # verbalizer target texts, aligned with labels
     source_task: str
@@ -120,14 +103,7 @@ class ServedTask:
         return "classification" if self.labels else "generation"
 
     def format(self, text: str) -> str:
-        # The template's literal parts joined around the input: what training's ``template.format(field=text)``
-        # gave, without ever formatting (so neither the request's text nor the file's template is evaluated).
-        parts: list[str] = []
-        for literal, name, _, _ in Formatter().parse(self.template):
-            parts.append(literal)
-            if name is not None:
-                parts.append(text)
-        return self.instruction + "".join(parts)
+        return fill_template(self.template, text, self.instruction)
 
 
 @dataclass(frozen=True)
@@ -214,7 +190,7 @@ class Engine:
         if upload and meta.task and known is None and not meta.verbalizer and not own_template:
             raise PromptFileError(f"{where}: metadata field 'task' is {meta.task[:100]!r}, which is no built-in task, "
                                   "and the prompt carries no verbalizer or template of its own")
-        template = served_template(own_template or (known.text_template if known else "{text}"), where)
+        template = input_template(own_template or (known.text_template if known else "{text}"), where)
         verbalizer = dict(meta.verbalizer) or (dict(known.verbalizer) if known else {})
         for other in files[1:]:
             if dict(other.meta.verbalizer or verbalizer) != verbalizer:
