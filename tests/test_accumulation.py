@@ -68,13 +68,16 @@ def same_rows_per_step(n: int, one: TrainConfig, two: TrainConfig) -> None:
         assert whole == batch_indices(n, two.seed, step, 0, two) + batch_indices(n, two.seed, step, 1, two)
 
 
-@pytest.mark.parametrize(("family", "make_task"), [("llama", generation_task), ("t5", generation_task),
-                                                   ("llama", copa_task)])
-def test_prompt_tuning_accumulation_equals_one_big_batch(tmp_path: Path, family: str, make_task: MakeTask) -> None:
+@pytest.mark.parametrize(("family", "make_task", "reparam"), [
+    ("llama", generation_task, "none"), ("t5", generation_task, "none"), ("llama", copa_task, "none"),
+    ("llama", generation_task, "residual")])
+def test_prompt_tuning_accumulation_equals_one_big_batch(tmp_path: Path, family: str, make_task: MakeTask,
+                                                         reparam: str) -> None:
     task, examples = make_task(tmp_path)
     runs = {}
     configs = {accum: TrainConfig(steps=3, batch_size=4, grad_accum=accum, prompt_length=3, init="uniform",
-                                  optimizer="adam", lr=0.05, eval_every=0, save_every=100) for accum in (1, 2)}
+                                  optimizer="adam", lr=0.05, eval_every=0, save_every=100, reparam=reparam,
+                                  reparam_bottleneck=6) for accum in (1, 2)}
     same_rows_per_step(len(examples), configs[1], configs[2])
     for accum, config in configs.items():
         with step_gradients() as grads:
@@ -84,7 +87,8 @@ def test_prompt_tuning_accumulation_equals_one_big_batch(tmp_path: Path, family:
         runs[accum] = grads, result.prompt, losses
     (grads1, prompt1, losses1), (grads2, prompt2, losses2) = runs[1], runs[2]
     assert len(grads1) == len(grads2) == 3
-    # Step 1 starts from the same prompt, so its gradients must agree; later steps follow from the same updates.
+    # Step 1 starts from the same prompt (and MLP), so its gradients must agree; later steps follow from the same
+    # updates. A residual run's gradients cover the MLP's parameters too (the hook takes every optimizer parameter).
     assert relative_difference(grads2[0], grads1[0]) < 1e-5
     torch.testing.assert_close(prompt2, prompt1, rtol=1e-4, atol=1e-5)
     # The logged loss is the step's mean token NLL either way.

@@ -58,7 +58,7 @@ def test_train_eval_predict_inspect(tmp_path: Path, toy: Path, tiny_dirs: dict[s
     assert meta["model_probe"].endswith(" sums") and "embedding_fingerprint" not in meta  # counts, not 1000s of floats
 
 
-@pytest.mark.parametrize("command", ["eval", "predict", "ensemble", "inspect"])
+@pytest.mark.parametrize("command", ["eval", "predict", "ensemble", "inspect", "train"])
 def test_prompt_of_other_weights_needs_allow_other_model(command: str, tmp_path: Path, toy: Path,
                                                           tiny_dirs: dict[str, Path], capsys) -> None:
     import torch
@@ -78,7 +78,10 @@ def test_prompt_of_other_weights_needs_allow_other_model(command: str, tmp_path:
     argv = {"eval": ["eval", "--model", other, *task, "--prompt", prompt, "--limit", "4", "--json"],
             "predict": ["predict", "--model", other, "--prompt", prompt, "--raw", "--json", "item 1 good ->"],
             "ensemble": ["ensemble", "--model", other, *task, "--prompt", prompt, "--limit", "4", "--json"],
-            "inspect": ["inspect", prompt, "--neighbors", "2", "--model", other, "--json"]}[command]
+            "inspect": ["inspect", prompt, "--neighbors", "2", "--model", other, "--json"],
+            "train": ["train", "--model", other, *task, "--init", f"from:{prompt}", "--out",
+                      str(tmp_path / "t.safetensors"), "--steps", "1", "--batch-size", "2", "--prompt-length", "2",
+                      "--no-eval", "--no-progress", "--json"]}[command]
     code, _, err = run(capsys, *argv)
     assert code == 2 and "different model" in err and "--allow-other-model" in err
     code, stdout, err = run(capsys, *argv, "--allow-other-model")

@@ -6,15 +6,20 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
+from softprompt.backbone import load_backbone
 from softprompt.cli import main
 from softprompt.configfile import ConfigError
-from softprompt.experiment import run_experiment
-from softprompt.grid import cells, load_config
+from softprompt.experiment import cell_path, method_settings, prompt_path, run_experiment
+from softprompt.grid import cells, load_config, source_cell
+from softprompt.promptfile import load_prompt
 from softprompt.report import write_report
+from softprompt.tasks import get_task
 from softprompt.tasks.selection import SELECTION_SEED
 from softprompt.tiny import save_tiny
+from softprompt.trainer import initial_prompt
 from tests.toytask import write_task
 
 
@@ -136,6 +141,10 @@ def test_cli_rerun_trains_nothing(sweep_dir: Path, tmp_path: Path, capsys: pytes
     ({"tasks": ["sst2", "sst2.yaml"]}, "share a file label"),
     ({"reuse": ["tiny"]}, "another grid"),
     ({"reuse": ["../elsewhere"]}, "another grid"),
+    ({"transfer": [{"source": "sst2", "target": "rte"}]}, "not one of the grid's tasks"),
+    ({"transfer": [{"source": "sst2", "target": "rte"}], "methods": ["model-tuning"]}, "needs method prompt-tuning"),
+    ({"inits": ["from:x.safetensors"]}, "transfer"),
+    ({"transfer": [{"source": "sst2"}]}, "target"),
 ])
 def test_bad_config_fails_before_training(sweep_dir: Path, tmp_path: Path, override: dict, message: str,
                                           monkeypatch: pytest.MonkeyPatch) -> None:
@@ -154,6 +163,38 @@ def test_bad_config_fails_before_training(sweep_dir: Path, tmp_path: Path, overr
     assert main(["experiment", str(path)]) == 2  # and train_prompt / load_backbone were never called
 
 
+def test_transfer_grid_dry_runs_then_runs_the_source_first(sweep_dir: Path, tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    a, b = (str(sweep_dir / t / f"{t}.yaml") for t in ("toy_a", "toy_b"))
+    model = str(sweep_dir / "tiny-small")
+    config = grid(sweep_dir, name="spot", output=str(tmp_path / "results"), models=[model], pairs=[], tasks=[a],
+                  transfer=[{"source": a, "target": b}], methods=["prompt-tuning"], prompt_lengths=[2],
+                  inits=["uniform"], shots=[0])
+    path = write_config(tmp_path / "spot.yaml", config)
+    assert main(["experiment", str(path), "--dry-run"]) == 0
+    ids = capsys.readouterr().out.split()
+    assert ids == ["tiny-small__prompt-tuning__toy_a__P2__uniform__s0",
+                   "tiny-small__prompt-tuning__toy_b__P2__from-toy_a__s0"]
+    loaded = load_config(path)
+    assert run_experiment(loaded, log=lambda _: None).ran == ids  # the source first
+    target = cells(loaded)[1]
+    source_file = prompt_path(loaded, source_cell(loaded, target))
+    settings = method_settings(loaded, target)
+    assert settings.init == f"from:{source_file}"
+    # The target starts from the source task's trained prompt, row for row.
+    start = initial_prompt(load_backbone(model), get_task(b), settings)
+    assert torch.equal(start, load_prompt(source_file).prompt)
+    record = json.loads(cell_path(loaded, target).read_text())
+    assert record["cell"]["init"] == f"from:{a}" and record["config"]["init"] == settings.init
+    assert record["eval_task"] == b and load_prompt(prompt_path(loaded, target)).meta.init == settings.init
+    assert "from:" in write_report(loaded).read_text()  # reported under its own setting
+    # A source that is not a task of the grid, or the target itself, is refused before anything trains.
+    for pair, message in (({"source": b, "target": a}, "not one of the grid's tasks"),
+                          ({"source": a, "target": a}, "both")):
+        with pytest.raises(ConfigError, match=message):
+            load_config(write_config(tmp_path / "bad.yaml", {**config, "transfer": [pair]}))
+
+
 def test_report_with_missing_cells_lists_them(sweep_dir: Path, tmp_path: Path) -> None:
     config = load_config(write_config(tmp_path / "empty.yaml", grid(sweep_dir, name="empty")))
     text = write_report(config).read_text()
@@ -169,6 +210,9 @@ def test_reuse_copies_only_cells_with_the_same_settings(sweep_dir: Path, tmp_pat
     b = load_config(write_config(tmp_path / "b.yaml", {**base, "name": "b", "prompt_lengths": [2, 4], "reuse": ["a"]}))
     second = run_experiment(b, log=lambda _: None)
     assert sorted(second.reused) == sorted(first.ran) and len(second.ran) == 1 and "P4" in second.ran[0]
+    tuned = next(i for i in first.ran if "prompt-tuning" in i)  # its prompt comes along (a transfer may start there)
+    assert (b.out_dir / "prompts" / f"{tuned}.safetensors").read_bytes() == \
+        (tmp_path / "results" / "a" / "prompts" / f"{tuned}.safetensors").read_bytes()
     copied = json.loads((b.out_dir / "cells" / f"{first.ran[0]}.json").read_text())
     original = json.loads((tmp_path / "results" / "a" / "cells" / f"{first.ran[0]}.json").read_text())
     assert copied["reused_from"] == "a" and copied["experiment"] == "b" and copied["score"] == original["score"]

@@ -8,7 +8,8 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from softprompt.backbone import make_backbone
-from softprompt.init import TOP_VOCAB, common_token_ids, init_prompt, word_embedding
+from softprompt.init import TOP_VOCAB, common_token_ids, init_prompt, sampled_vocab, word_embedding
+from softprompt.promptfile import PromptFileError, PromptMeta, save_prompt
 
 
 @pytest.fixture
@@ -65,6 +66,38 @@ def test_zero_length_and_errors(llama) -> None:
         init_prompt(llama, "class-label", 3)
     with pytest.raises(ValueError, match="init-text"):
         init_prompt(llama, "text", 3)
+
+
+def test_transfer_init_keeps_the_first_rows_or_pads_with_sampled_vocab(llama, tmp_path) -> None:
+    source = torch.randn(5, llama.hidden_size)
+    path = tmp_path / "source.safetensors"
+    save_prompt(path, source, PromptMeta.for_backbone(llama, 5, task="source"))
+    assert torch.equal(init_prompt(llama, f"from:{path}", 5), source)
+    assert torch.equal(init_prompt(llama, f"from:{path}", 3), source[:3])  # longer source: its first P rows
+    longer = init_prompt(llama, f"from:{path}", 8, seed=2)  # shorter source: padded as the text init pads
+    assert torch.equal(longer[:5], source)
+    assert torch.equal(longer[5:], sampled_vocab(llama, 3, torch.Generator().manual_seed(2)))
+
+
+def test_transfer_init_refuses_another_model_unless_allowed(llama, tmp_path, capsys) -> None:
+    from tests.conftest import tiny_backbone
+
+    other = tiny_backbone("llama", seed=1)  # the same shapes, other weights
+    path = tmp_path / "other.safetensors"
+    source = torch.randn(3, other.hidden_size)
+    save_prompt(path, source, PromptMeta.for_backbone(other, 3))
+    with pytest.raises(PromptFileError, match=r"different model.*--allow-other-model"):
+        init_prompt(llama, f"from:{path}", 3)
+    assert torch.equal(init_prompt(llama, f"from:{path}", 3, allow_other_model=True), source)
+    assert "warning" in capsys.readouterr().err
+    wide = tmp_path / "wide.safetensors"
+    meta = PromptMeta.for_backbone(llama, 3)
+    meta.hidden_size += 1
+    save_prompt(wide, torch.randn(3, meta.hidden_size), meta)
+    with pytest.raises(PromptFileError, match="hidden size"):  # cannot run at all: refused regardless
+        init_prompt(llama, f"from:{wide}", 3, allow_other_model=True)
+    with pytest.raises(PromptFileError, match="no such prompt file"):
+        init_prompt(llama, f"from:{tmp_path / 'missing.safetensors'}", 3)
 
 
 def sentencepiece_style() -> PreTrainedTokenizerFast:

@@ -103,12 +103,15 @@ def test_paper_recipe_runs_and_best_checkpoint_is_kept(tmp_path: Path) -> None:
     assert load_prompt(tmp_path / "last.safetensors").meta.selection == {}
 
 
-def test_in_process_resume_equals_uninterrupted(tmp_path: Path) -> None:
+@pytest.mark.parametrize("reparam", ["none", "residual"])
+def test_in_process_resume_equals_uninterrupted(tmp_path: Path, reparam: str) -> None:
     task = toy_task(tmp_path)
     examples = task.examples("train")
-    full = TrainConfig(steps=8, batch_size=4, prompt_length=3, eval_every=0, save_every=1)
+    full = TrainConfig(steps=8, batch_size=4, prompt_length=3, eval_every=0, save_every=1, reparam=reparam,
+                       reparam_bottleneck=6)
     a = train_prompt(tiny_backbone("llama"), task, examples, full, tmp_path / "a.safetensors", progress=False)
-    half = TrainConfig(steps=5, batch_size=4, prompt_length=3, eval_every=0, save_every=1)
+    half = TrainConfig(steps=5, batch_size=4, prompt_length=3, eval_every=0, save_every=1, reparam=reparam,
+                       reparam_bottleneck=6)
     train_prompt(tiny_backbone("llama"), task, examples, half, tmp_path / "b.safetensors", progress=False)
     b = train_prompt(tiny_backbone("llama"), task, examples, full, tmp_path / "b.safetensors", resume=True,
                      progress=False)
@@ -116,7 +119,8 @@ def test_in_process_resume_equals_uninterrupted(tmp_path: Path) -> None:
     log = [json.loads(x)["step"] for x in (tmp_path / "b.metrics.jsonl").read_text().splitlines()]
     assert log == list(range(1, 9))
     with pytest.raises(ValueError, match="differ"):
-        changed = TrainConfig(steps=8, batch_size=4, prompt_length=3, eval_every=0, save_every=1, lr=0.1)
+        changed = TrainConfig(steps=8, batch_size=4, prompt_length=3, eval_every=0, save_every=1, lr=0.1,
+                              reparam=reparam, reparam_bottleneck=6)
         train_prompt(tiny_backbone("llama"), task, examples, changed, tmp_path / "b.safetensors", resume=True,
                      progress=False)
 
@@ -131,9 +135,11 @@ def _train_cmd(model: Path, data: Path, out: Path, steps: int, *extra: str) -> l
 # fp16: the loss scale doubles every 2 overflow-free steps, so within 20 steps it grows into overflows (skipped
 # steps) several times; a resumed run that restarted the scaler would skip other steps.
 FP16 = ("--precision", "fp16", "--loss-scale-growth-interval", "2")
+# Residual prompt tuning: the MLP's weights and optimizer state must come back too, or the resumed run differs.
+RESIDUAL = ("--reparam", "residual", "--reparam-bottleneck", "8")
 
 
-@pytest.mark.parametrize("extra", [(), FP16], ids=["fp32", "fp16"])
+@pytest.mark.parametrize("extra", [(), FP16, RESIDUAL], ids=["fp32", "fp16", "residual"])
 def test_sigkill_then_resume_equals_uninterrupted(tmp_path: Path, tiny_dirs: dict[str, Path],
                                                   extra: tuple[str, ...]) -> None:
     toy_task(tmp_path)
@@ -162,6 +168,8 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path: Path, tiny_dirs: dic
     assert not killed.exists()
     if extra == FP16:  # the scaler's state at the kill is not a fresh scaler's, so restoring it is what is tested
         assert at_kill.scaler_state not in (None, torch.amp.GradScaler("cpu", growth_interval=2).state_dict())
+    if extra == RESIDUAL:  # the MLP is in the checkpoint, so restoring it is what is tested
+        assert set(at_kill.bank) == {f"{m}.{t}" for m in ("down", "up", "norm") for t in ("weight", "bias")}
     done = subprocess.run(_train_cmd(model, data, killed, steps, *extra), check=True, env=env, capture_output=True,
                           text=True)
     assert json.loads(done.stdout.strip().splitlines()[-1])["steps"] == steps

@@ -3,6 +3,10 @@
 Training holds N = 1; an ensemble holds its K prompts; a server holds one prompt per task. Prompts of different
 lengths share the bank: each is stored left-aligned in P = max length slots and ``lengths[n]`` says how many slots
 prompt n uses; :func:`softprompt.splice.splice` drops the unused slots.
+
+What the splice receives is :meth:`PromptBank.folded`: ``weight`` itself here; a reparameterised bank
+(:mod:`softprompt.reparam`) computes it from ``weight`` and its own parameters, so training with a reparameterisation
+goes through the same gather and the same splice.
 """
 
 from __future__ import annotations
@@ -54,9 +58,13 @@ class PromptBank(nn.Module):
     def hidden_size(self) -> int:
         return int(self.weight.shape[2])
 
+    def folded(self) -> Tensor:
+        """[N, P, H] the prompts the splice receives (a plain bank stores them as they are)."""
+        return self.weight
+
     def prompt(self, n: int) -> Tensor:
         """Prompt n without its unused slots: [P_n, H]."""
-        return self.weight[n, : int(self.lengths[n])]
+        return self.folded()[n, : int(self.lengths[n])]
 
     def forward(self, index: Tensor) -> tuple[Tensor, Tensor]:
         """index [B] long → (prompts [B, P, H], prompt_mask [B, P])."""
@@ -65,9 +73,10 @@ class PromptBank(nn.Module):
         if index.numel() and (int(index.min()) < 0 or int(index.max()) >= self.num_prompts):
             raise IndexError(f"prompt index out of range 0..{self.num_prompts - 1}: {index.tolist()}")
         index = index.to(self.weight.device)
+        prompts = self.folded()
         slots = torch.arange(self.max_length, device=self.weight.device)
         mask = (slots.unsqueeze(0) < self.lengths.to(self.weight.device)[index].unsqueeze(1)).long()
         # index_select, not weight[index]: its backward (index_add_) sums each row's gradients in a fixed order,
         # while advanced indexing's (index_put_ with accumulate) splits them over CPU threads in varying order,
         # which made runs with the same seed differ in the 5th digit (and lr-0.3 training amplifies that).
-        return torch.index_select(self.weight, 0, index), mask
+        return torch.index_select(prompts, 0, index), mask

@@ -1,7 +1,8 @@
-"""Training checkpoints as safetensors (no pickle): tensors for the prompt, the best prompt and the optimizer
-state; JSON for everything else, including an fp16 run's loss scaler (its scale and growth tracker decide whether
-the next steps are taken or skipped, so a resumed run without them is not the run it continues). Written
-atomically, so a SIGKILL leaves the previous checkpoint intact."""
+"""Training checkpoints as safetensors (no pickle): tensors for the prompt, the best prompt, the optimizer state and
+the bank's other parameters (a reparameterisation's MLP, :mod:`softprompt.reparam`); JSON for everything else,
+including an fp16 run's loss scaler (its scale and growth tracker decide whether the next steps are taken or skipped,
+so a resumed run without them is not the run it continues). Written atomically, so a SIGKILL leaves the previous
+checkpoint intact."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from torch import Tensor
 from softprompt.promptfile import atomic_write
 
 OPT_PREFIX = "optimizer."
+BANK_PREFIX = "bank."
 
 
 @dataclass
@@ -53,10 +55,16 @@ def _unflatten_optimizer(tensors: dict[str, Tensor], info: dict[str, Any]) -> di
 
 
 def save_checkpoint(path: Path, prompt: Tensor, best_prompt: Tensor | None, optimizer: torch.optim.Optimizer,
-                    state: TrainState, config: dict[str, Any], scaler: torch.amp.GradScaler | None = None) -> None:
-    """Write the resume state; ``scaler`` (fp16) is saved after its ``update()``, as the next step will find it."""
+                    state: TrainState, config: dict[str, Any], scaler: torch.amp.GradScaler | None = None,
+                    bank: dict[str, Tensor] | None = None) -> None:
+    """Write the resume state; ``scaler`` (fp16) is saved after its ``update()``, as the next step will find it.
+
+    ``prompt`` is the trained parameter [P, H] (before any reparameterisation), ``best_prompt`` the folded prompt a
+    prompt file would hold, ``bank`` the bank's other tensors by state-dict name (empty for a plain bank).
+    """
     tensors, opt_info = _flatten_optimizer(optimizer.state_dict())
     tensors["prompt"] = prompt.detach().cpu().contiguous()
+    tensors.update({BANK_PREFIX + k: v.detach().cpu().contiguous() for k, v in (bank or {}).items()})
     if best_prompt is not None:
         tensors["best_prompt"] = best_prompt.detach().cpu().contiguous()
     meta = {"state": json.dumps(state.__dict__), "optimizer": json.dumps(opt_info),
@@ -74,6 +82,7 @@ class Checkpoint:
     state: TrainState
     config: dict[str, Any]
     scaler_state: dict[str, Any] | None = None  # GradScaler.state_dict() of an fp16 run
+    bank: dict[str, Tensor] = field(default_factory=dict)  # the bank's tensors besides its weight (an MLP's)
 
 
 def load_checkpoint(path: Path) -> Checkpoint:
@@ -91,4 +100,5 @@ def load_checkpoint(path: Path) -> Checkpoint:
         state=TrainState(**json.loads(meta["state"])),
         config=json.loads(meta["config"]),
         scaler_state=json.loads(meta["scaler"]) if "scaler" in meta else None,
+        bank={k[len(BANK_PREFIX):]: v for k, v in tensors.items() if k.startswith(BANK_PREFIX)},
     )

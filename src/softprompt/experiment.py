@@ -8,12 +8,17 @@ Selection: with ``eval_every: 0`` (the grid default) the last step is kept, trai
 ``eval_every > 0`` the best step is chosen on the selection slice held out from the *train* task's train split
 (:mod:`softprompt.tasks.selection`, the one cut ``softprompt train`` makes), never on a split a cell reports. The
 cell's record says which (``selection``).
+
+Prompt transfer: a transfer cell (:class:`softprompt.grid.Transfer`) trains with init ``from:`` its source cell's
+prompt file, ``<output>/<name>/prompts/<source cell id>.safetensors``; the source cell comes earlier in the grid, and a
+source copied from another grid (``reuse``) brings its prompt file along.
 """
 
 from __future__ import annotations
 
 import json
 import platform
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -26,7 +31,8 @@ import torch
 from softprompt.backbone import Backbone, load_backbone
 from softprompt.bank import PromptBank
 from softprompt.evaluate import evaluate
-from softprompt.grid import Cell, ExperimentConfig, cells, preflight
+from softprompt.grid import Cell, ExperimentConfig, cells, preflight, source_cell
+from softprompt.init import TRANSFER_PREFIX
 from softprompt.methods import count_parameters, task_parameters
 from softprompt.model_tuning import ModelTuneConfig, tune_model
 from softprompt.prompt_design import design_prompt
@@ -104,11 +110,18 @@ def cell_path(config: ExperimentConfig, cell: Cell) -> Path:
     return config.out_dir / "cells" / f"{cell.id}.json"
 
 
+def prompt_path(config: ExperimentConfig, cell: Cell) -> Path:
+    """A prompt-tuning cell's prompt file (its resume checkpoint lies beside it)."""
+    return config.out_dir / "prompts" / f"{cell.id}.safetensors"
+
+
 def method_settings(config: ExperimentConfig, cell: Cell) -> TrainConfig | ModelTuneConfig | None:
     """The training settings of a tuned cell: the grid's section with the cell's axes filled in (None: prompt
     design, which trains nothing)."""
     if cell.method == "prompt-tuning":
-        return replace(config.prompt_tuning, prompt_length=cell.prompt_length, init=cell.init, seed=cell.seed)
+        init = cell.init if cell.source_task is None else \
+            TRANSFER_PREFIX + str(prompt_path(config, source_cell(config, cell)))
+        return replace(config.prompt_tuning, prompt_length=cell.prompt_length, init=init, seed=cell.seed)
     if cell.method == "model-tuning":
         return replace(config.model_tuning, seed=cell.seed)
     return None
@@ -129,6 +142,12 @@ def _same_run(config: ExperimentConfig, cell: Cell) -> dict[str, Any]:
 def reusable(config: ExperimentConfig, cell: Cell) -> dict[str, Any] | None:
     """A finished record of ``cell`` in one of ``config.reuse``'s grids that ran with the same settings, marked with
     where it came from; None if there is none."""
+    found = _reusable_in(config, cell)
+    return None if found is None else found[0]
+
+
+def _reusable_in(config: ExperimentConfig, cell: Cell) -> tuple[dict[str, Any], str] | None:
+    """(:func:`reusable`'s record, the grid it was found in)."""
     want = _same_run(config, cell)
     for name in config.reuse:
         path = Path(config.output) / name / "cells" / f"{cell.id}.json"
@@ -139,7 +158,7 @@ def reusable(config: ExperimentConfig, cell: Cell) -> dict[str, Any] | None:
                 "eval": {k: v for k, v in record.get("eval", {}).items() if k != "examples"},
                 "train_limit": record.get("train_limit")}
         if have == want:
-            return {**record, "experiment": config.name, "reused_from": record.get("reused_from", name)}
+            return {**record, "experiment": config.name, "reused_from": record.get("reused_from", name)}, name
     return None
 
 
@@ -160,9 +179,15 @@ def run_cell(config: ExperimentConfig, cell: Cell, backbone: Backbone, data: _Da
     if isinstance(settings, TrainConfig):
         tc = settings
         train, selection, selection_info = data.training(cell.train_task, tc.eval_every, tc.eval_limit)
+        if cell.source_task is not None:
+            source = source_cell(config, cell)
+            if not prompt_path(config, source).is_file():
+                raise FileNotFoundError(f"{cell.id}: the prompt of its source cell {source.id} is missing "
+                                        f"({prompt_path(config, source)}); delete {cell_path(config, source)} to "
+                                        "train the source again")
         # The prompt file and its resume checkpoint live beside the cells: a killed cell continues where it was.
-        result = train_prompt(backbone, train_task, train, tc, config.out_dir / "prompts" / f"{cell.id}.safetensors",
-                              selection=selection, selection_info=selection_info, resume=True, progress=progress)
+        result = train_prompt(backbone, train_task, train, tc, prompt_path(config, cell), selection=selection,
+                              selection_info=selection_info, resume=True, progress=progress)
         pm = PromptedModel(backbone, PromptBank(result.prompt.unsqueeze(0)))
         train_metrics = result.metrics
     elif isinstance(settings, ModelTuneConfig):
@@ -236,8 +261,13 @@ def run_experiment(config: ExperimentConfig, *, progress: bool = False,
         todo = [c for c in grid if c.model == model and not cell_path(config, c).is_file()]
         summary.skipped += [c.id for c in grid if c.model == model and c not in todo]
         for cell in list(todo):
-            record = reusable(config, cell)
-            if record is not None:
+            found = _reusable_in(config, cell)
+            if found is not None:
+                record, grid = found
+                # A prompt-tuning cell's prompt comes along: a transfer cell of this grid may start from it.
+                other = Path(config.output) / grid / "prompts" / f"{cell.id}.safetensors"
+                if other.is_file():
+                    atomic_write(prompt_path(config, cell), lambda tmp, src=other: shutil.copyfile(src, tmp))
                 _write_record(config, cell, record)
                 summary.reused.append(cell.id)
                 todo.remove(cell)

@@ -6,7 +6,10 @@ Which cells a grid holds:
 - prompt-tuning: every task × prompt length × init × seed;
 - model-tuning: every task × seed (prompt length and init do not apply);
 - prompt-design: every in-domain task × shots (× seed when shots > 0: the seed picks the demonstrations);
-  train→eval pairs (domain shift) are for the two tuned methods only.
+  train→eval pairs (domain shift) are for the two tuned methods only;
+- prompt transfer (SPoT): every ``transfer`` pair × prompt length × seed, a prompt-tuning cell of the target task
+  whose init is ``from:<source task>``: the prompt of the source task's cell at the same model, P and seed (and the
+  first init), which comes earlier in the grid and so trains first.
 
 :func:`load_config` checks what is cheap (schema, unknown keys and types, methods, inits, task and model names);
 :func:`preflight` what touches the disk (data files, installed models).
@@ -21,7 +24,7 @@ from pathlib import Path
 import yaml
 
 from softprompt.configfile import ConfigError, build
-from softprompt.init import INITS
+from softprompt.init import INITS, TRANSFER_PREFIX
 from softprompt.methods import METHODS
 from softprompt.model_tuning import ModelTuneConfig
 from softprompt.models import BUILTIN_MODELS, is_installed
@@ -35,6 +38,16 @@ class TaskPair:
 
     train_task: str
     eval_task: str
+
+
+@dataclass
+class Transfer:
+    """Prompt transfer (SPoT, Vu et al., 2022): the source task's prompt initialises a prompt tuned on the target."""
+
+    source: str
+    """a task of the grid's ``tasks``: its prompt-tuning cells train first"""
+    target: str
+    """the task the transferred prompt is tuned and evaluated on (in-domain)"""
 
 
 @dataclass
@@ -65,6 +78,9 @@ class ExperimentConfig:
     tasks: list[str] = field(default_factory=list)
     """in-domain tasks: built-in names or .yaml task specs"""
     pairs: list[TaskPair] = field(default_factory=list)
+    transfer: list[Transfer] = field(default_factory=list)
+    """source → target prompt transfer: one prompt-tuning cell per pair × P × seed, initialised from the source
+    task's cell (same model, P and seed; the first init)"""
     methods: list[str] = field(default_factory=lambda: list(METHODS))
     prompt_lengths: list[int] = field(default_factory=lambda: [20])
     """P values; the first is the headline setting of the report"""
@@ -127,12 +143,18 @@ class Cell:
     shots: int = 0
 
     @property
+    def source_task(self) -> str | None:
+        """The task whose prompt initialises this cell (``init`` ``from:<task>``: a transfer cell), else None."""
+        return self.init[len(TRANSFER_PREFIX):] if self.init.startswith(TRANSFER_PREFIX) else None
+
+    @property
     def id(self) -> str:
         tasks = slug(self.train_task) if self.train_task == self.eval_task else \
             f"{slug(self.train_task)}-to-{slug(self.eval_task)}"
         parts = [slug(self.model), self.method, tasks]
         if self.method == "prompt-tuning":
-            parts += [f"P{self.prompt_length}", self.init]
+            source = self.source_task
+            parts += [f"P{self.prompt_length}", self.init if source is None else f"from-{slug(source)}"]
         if self.method == "prompt-design":
             parts.append(f"k{self.shots}")
         if self.method != "prompt-design" or self.shots:
@@ -175,7 +197,10 @@ def validate(config: ExperimentConfig, where: str = "config") -> None:
     for key, values, known in (("methods", config.methods, METHODS), ("inits", config.inits, INITS)):
         bad = [v for v in values if v not in known]
         if bad or not values:
-            raise ConfigError(f"{where}: {key} {bad or values} not in {list(known)}")
+            hint = ("; a grid chains a task's prompt into another with `transfer: [{source: A, target: B}]`"
+                    if any(v.startswith(TRANSFER_PREFIX) for v in bad) else "")
+            raise ConfigError(f"{where}: {key} {bad or values} not in {list(known)}{hint}")
+    validate_transfer(config, where)
     for key in ("prompt_lengths", "seeds", "shots"):
         values = getattr(config, key)
         if not values or any(v < 0 for v in values) or len(set(values)) != len(values):
@@ -201,8 +226,26 @@ def validate(config: ExperimentConfig, where: str = "config") -> None:
                           "distinct names")
 
 
+def validate_transfer(config: ExperimentConfig, where: str) -> None:
+    """Every transfer pair's source must be a prompt-tuning task of the grid, so its prompt exists before the target
+    trains; checked before anything trains."""
+    for i, t in enumerate(config.transfer):
+        at = f"{where}: transfer[{i}]"
+        if "prompt-tuning" not in config.methods:
+            raise ConfigError(f"{at}: prompt transfer needs method prompt-tuning in methods")
+        if t.source not in config.tasks:
+            raise ConfigError(f"{at}: source {t.source!r} is not one of the grid's tasks {config.tasks}; its "
+                              f"prompt-tuning cells are what initialise {t.target!r}")
+        if t.source == t.target:
+            raise ConfigError(f"{at}: source and target are both {t.source!r}")
+    pairs = [(t.source, t.target) for t in config.transfer]
+    if len(set(pairs)) != len(pairs):
+        raise ConfigError(f"{where}: transfer lists a source → target pair twice")
+
+
 def task_names(config: ExperimentConfig) -> list[str]:
-    names = list(config.tasks) + [n for p in config.pairs for n in (p.train_task, p.eval_task)]
+    names = (list(config.tasks) + [n for p in config.pairs for n in (p.train_task, p.eval_task)]
+             + [t.target for t in config.transfer])
     return list(dict.fromkeys(names))
 
 
@@ -241,7 +284,18 @@ def cells(config: ExperimentConfig) -> list[Cell]:
                 elif train_task == eval_task:
                     out += [replace(base, method=method, shots=k, seed=s)
                             for k in config.shots for s in (config.seeds if k else config.seeds[:1])]
+        # After every cell of the model, so each source cell (a task of ``tasks``) precedes its targets.
+        out += [Cell(model, "prompt-tuning", t.target, t.target, p, TRANSFER_PREFIX + t.source, s)
+                for t in config.transfer for p in config.prompt_lengths for s in config.seeds]
     return list(dict.fromkeys(out))
+
+
+def source_cell(config: ExperimentConfig, cell: Cell) -> Cell:
+    """The cell whose prompt initialises a transfer cell: the source task's, same model, P and seed, first init."""
+    source = cell.source_task
+    if source is None:
+        raise ValueError(f"{cell.id} is not a transfer cell")
+    return replace(cell, train_task=source, eval_task=source, init=config.inits[0])
 
 
 def needed_files(config: ExperimentConfig) -> list[tuple[str, str, Path]]:

@@ -1,4 +1,5 @@
-"""Prompt initialisations from the paper (section 3.2): uniform, sampled vocabulary, class labels, and text.
+"""Prompt initialisations from the paper (section 3.2): uniform, sampled vocabulary, class labels, and text; and
+prompt transfer (SPoT, Vu et al., 2022): ``from:FILE.safetensors``, the rows of a prompt trained on another task.
 
 All return a ``[P, H]`` float32 tensor in the space the model consumes (see :mod:`softprompt.backbone`).
 """
@@ -14,9 +15,17 @@ from torch import Tensor
 from transformers import PreTrainedTokenizerBase
 
 from softprompt.backbone import Backbone
+from softprompt.promptfile import check_compatible, load_prompt
 
 InitName = Literal["uniform", "sampled-vocab", "class-label", "text"]
 INITS: tuple[str, ...] = ("uniform", "sampled-vocab", "class-label", "text")
+TRANSFER_PREFIX = "from:"
+"""``from:PATH``: initialise from the prompt file at PATH (prompt transfer)"""
+
+
+def is_init(name: str) -> bool:
+    """True for a named init or ``from:`` followed by a path."""
+    return name in INITS or (name.startswith(TRANSFER_PREFIX) and len(name) > len(TRANSFER_PREFIX))
 
 # The paper samples from the 5,000 most common tokens of T5's SentencePiece vocabulary. Tokenizers ship no counts,
 # so we take the 5,000 lowest ids: BPE and SentencePiece vocabularies are built in (roughly) frequency order.
@@ -89,6 +98,20 @@ def word_embedding(backbone: Backbone, text: str) -> Tensor:
         return backbone.embed(torch.tensor(ids, device=backbone.device)).mean(dim=0).cpu()
 
 
+def transfer_prompt(backbone: Backbone, path: str, length: int, generator: torch.Generator, *,
+                    allow_other_model: bool = False) -> Tensor:
+    """The rows of the prompt file at ``path``, fitted to ``length``: [length, H].
+
+    The file must belong to ``backbone`` (its fingerprint, :func:`softprompt.promptfile.check_compatible`; another
+    hidden size is always refused). A longer source keeps its first ``length`` rows; a shorter one is followed by
+    sampled-vocab rows, as the text init pads a short text.
+    """
+    source = load_prompt(path)
+    check_compatible(source, backbone, where=f"init {TRANSFER_PREFIX}{path}", allow_other_model=allow_other_model)
+    head = source.prompt[:length]
+    return torch.cat([head, sampled_vocab(backbone, length - len(head), generator)])
+
+
 def init_prompt(
     backbone: Backbone,
     strategy: str,
@@ -98,6 +121,7 @@ def init_prompt(
     label_words: Sequence[str] = (),
     text: str | None = None,
     uniform_range: float = 0.5,
+    allow_other_model: bool = False,
 ) -> Tensor:
     """A new ``[length, H]`` prompt.
 
@@ -106,11 +130,16 @@ def init_prompt(
     - ``class-label``: one row per label word (multi-piece words averaged), then sampled-vocab rows; with more
       labels than rows, the first ``length`` labels.
     - ``text``: the embeddings of ``text``'s tokens, truncated to ``length``, then sampled-vocab rows.
+    - ``from:PATH``: another prompt file's rows (:func:`transfer_prompt`); ``allow_other_model`` accepts a file
+      trained on other weights of the same hidden size.
     """
     if length < 0:
         raise ValueError(f"prompt length must be >= 0, got {length}")
     g = torch.Generator().manual_seed(seed)
     h = backbone.hidden_size
+    if strategy.startswith(TRANSFER_PREFIX) and is_init(strategy):
+        return transfer_prompt(backbone, strategy[len(TRANSFER_PREFIX):], length, g,
+                               allow_other_model=allow_other_model)
     if strategy == "uniform":
         return (torch.rand(length, h, generator=g) * 2 - 1) * uniform_range
     if strategy == "sampled-vocab":
@@ -128,4 +157,4 @@ def init_prompt(
         with torch.no_grad():
             head = backbone.embed(torch.tensor(ids, dtype=torch.long, device=backbone.device)).cpu()
         return torch.cat([head, sampled_vocab(backbone, length - len(ids), g)])
-    raise ValueError(f"unknown init {strategy!r}; choose one of {', '.join(INITS)}")
+    raise ValueError(f"unknown init {strategy!r}; choose one of {', '.join(INITS)} or {TRANSFER_PREFIX}FILE")

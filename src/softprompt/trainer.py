@@ -12,6 +12,10 @@ per logged step or eval) and ``x.tb/`` (TensorBoard events).
 Several processes (``dist``, see :mod:`softprompt.distributed`) split each step's rows and sum the prompt's gradient;
 only the main process writes files. An fp16 backbone trains with a dynamic loss scale (:mod:`softprompt.precision`),
 checkpointed with the rest. A step's loss is the mean over all its target tokens (:mod:`softprompt.steploss`).
+
+With ``reparam="residual"`` the prompt trains through a residual MLP (:mod:`softprompt.reparam`): the same loop,
+bank gather and splice, the MLP's weights and optimizer state in the checkpoint, and every saved prompt folded into a
+plain ``[P, H]`` tensor.
 """
 
 from __future__ import annotations
@@ -27,14 +31,14 @@ from tqdm.auto import tqdm
 from transformers.optimization import Adafactor
 
 from softprompt.backbone import Backbone
-from softprompt.bank import PromptBank
 from softprompt.batching import make_batch
 from softprompt.checkpoint import TrainState, load_checkpoint, save_checkpoint
 from softprompt.evaluate import evaluate
-from softprompt.init import init_prompt
+from softprompt.init import INITS, TRANSFER_PREFIX, init_prompt, is_init
 from softprompt.precision import grad_scaler
 from softprompt.prompted import PromptedModel
 from softprompt.promptfile import PromptMeta, atomic_write, save_prompt
+from softprompt.reparam import DEFAULT_BOTTLENECK, REPARAMS, Reparam, fold, make_bank
 from softprompt.steploss import backward_step
 from softprompt.tasks.base import Example, Task
 from softprompt.tasks.generic import FileTask
@@ -56,9 +60,14 @@ class TrainConfig:
     prompt_length: int = 20
     """P, number of soft-prompt vectors"""
     init: str = "class-label"
-    """uniform | sampled-vocab | class-label | text (class-label falls back to sampled-vocab without labels)"""
+    """uniform | sampled-vocab | class-label | text (class-label falls back to sampled-vocab without labels) |
+    from:FILE.safetensors (another prompt file's rows, fingerprint-checked: prompt transfer)"""
     init_text: str | None = None
     """the string for init=text"""
+    reparam: Reparam = "none"
+    """none | residual: train each prompt vector through a shared residual MLP, folded away at every save"""
+    reparam_bottleneck: int = DEFAULT_BOTTLENECK
+    """reparam=residual: the MLP's hidden width (the authors' default)"""
     optimizer: Literal["adafactor", "adam", "adamw"] = "adafactor"
     lr: float | Literal["auto"] = "auto"
     """a step size, or "auto": AUTO_LR_SCALE × the model's consumed-embedding std (see resolve_lr)"""
@@ -85,6 +94,13 @@ class TrainConfig:
             raise ValueError(f"lr must be a number > 0 or 'auto', got {self.lr!r}")
         if self.loss_scale_growth_interval < 1:
             raise ValueError(f"loss_scale_growth_interval must be >= 1, got {self.loss_scale_growth_interval}")
+        if not is_init(self.init):
+            raise ValueError(f"unknown init {self.init!r}; choose one of {', '.join(INITS)} or "
+                             f"{TRANSFER_PREFIX}FILE.safetensors")
+        if self.reparam not in REPARAMS:
+            raise ValueError(f"unknown reparam {self.reparam!r}; choose one of {', '.join(REPARAMS)}")
+        if self.reparam_bottleneck < 1:
+            raise ValueError(f"reparam_bottleneck must be >= 1, got {self.reparam_bottleneck}")
 
 
 @dataclass
@@ -142,13 +158,15 @@ def batch_indices(n: int, seed: int, step: int, micro: int, config: TrainConfig)
     return out
 
 
-def initial_prompt(backbone: Backbone, task: Task, config: TrainConfig) -> torch.Tensor:
+def initial_prompt(backbone: Backbone, task: Task, config: TrainConfig, *, allow_other_model: bool = False
+                   ) -> torch.Tensor:
+    """The raw prompt a run starts from: [P, H] (``allow_other_model``: a ``from:`` file of other weights)."""
     strategy = config.init
     labels = list(dict.fromkeys(task.verbalizer.values()))
     if strategy == "class-label" and not labels:
         strategy = "sampled-vocab"
     return init_prompt(backbone, strategy, config.prompt_length, seed=config.seed, label_words=labels,
-                       text=config.init_text)
+                       text=config.init_text, allow_other_model=allow_other_model)
 
 
 class _Log:
@@ -194,6 +212,7 @@ def train_prompt(
     resume: bool = False,
     progress: bool = True,
     dist: DistContext | None = None,
+    allow_other_model: bool = False,
 ) -> TrainResult:
     """Train a prompt and write it to ``out`` (the best one by the task's metric on ``selection`` when given).
 
@@ -202,6 +221,8 @@ def train_prompt(
 
     With ``dist``, every process calls this with the same arguments; each takes its block of every micro-batch,
     only the main process writes ``out``, the checkpoint and the logs, and the result is the main process's.
+
+    ``allow_other_model``: an init ``from:FILE`` trained on other weights (same hidden size) is used, with a warning.
     """
     if not train_examples:
         raise ValueError("no training examples")
@@ -222,14 +243,19 @@ def train_prompt(
         prompt0, state, best_prompt = ckpt.prompt, ckpt.state, ckpt.best_prompt
     else:
         ckpt = None
-        prompt0 = initial_prompt(backbone, task, config)
+        prompt0 = initial_prompt(backbone, task, config, allow_other_model=allow_other_model)
     main = dist is None or dist.is_main
     if dist is not None:
         # Replicas must start equal; the inits are seeded, but a GPU kernel need not be bit-deterministic.
         dist.broadcast(prompt0)
-    pm = PromptedModel(backbone, PromptBank(prompt0.unsqueeze(0)))
+    # A reparameterisation's MLP is drawn on the CPU from the seed, so replicas start with the same one too.
+    bank = make_bank(prompt0.unsqueeze(0), config.reparam, config.reparam_bottleneck, seed=config.seed)
+    if ckpt is not None and ckpt.bank:
+        bank.load_state_dict({**bank.state_dict(), **ckpt.bank})
+    pm = PromptedModel(backbone, bank)
     lr = resolve_lr(config, backbone)
-    optimizer = make_optimizer(config, [pm.bank.weight], lr)
+    # One optimizer, one lr and weight decay for the prompt and any MLP (as the authors of residual prompt tuning).
+    optimizer = make_optimizer(config, list(pm.bank.parameters()), lr)
     if ckpt is not None:
         optimizer.load_state_dict(ckpt.optimizer_state)
     scaler = grad_scaler(backbone.model, config.loss_scale_growth_interval)
@@ -271,7 +297,7 @@ def train_prompt(
                 state.history.append({"step": state.step, **last_eval})
                 if state.best_metric is None or metric > state.best_metric:
                     state.best_metric, state.best_step = metric, state.step
-                    best_prompt = pm.bank.weight[0].detach().clone()
+                    best_prompt = fold(pm.bank)
             if log is not None and (state.step % config.log_every == 0 or "selection_" + task.primary_metric in record):
                 log.write(record)
             bar.set_postfix(loss=f"{total:.4f}", **({task.primary_metric: f"{last_eval[task.primary_metric]:.3f}"}
@@ -279,12 +305,12 @@ def train_prompt(
             bar.update(1)
             if main and (state.step % config.save_every == 0 or final):
                 save_checkpoint(ckpt_path, pm.bank.weight[0], best_prompt, optimizer, state, config_dict,
-                                scaler)
+                                scaler, {k: v for k, v in pm.bank.state_dict().items() if k != "weight"})
     finally:
         bar.close()
         if log is not None:
             log.close()
-    chosen = best_prompt if best_prompt is not None else pm.bank.weight[0].detach()
+    chosen = best_prompt if best_prompt is not None else fold(pm.bank)
     metrics: dict[str, Any] = {"steps": state.step, "lr": lr}
     if state.best_metric is not None:
         metrics.update({f"best_selection_{task.primary_metric}": state.best_metric, "best_step": state.best_step})

@@ -8,12 +8,22 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from softprompt.cli.common import UsageError, add_model, add_task, backbone_from_args, emit, task_from_args
+from softprompt.cli.common import (
+    UsageError,
+    add_allow_other_model,
+    add_model,
+    add_task,
+    backbone_from_args,
+    emit,
+    task_from_args,
+)
 from softprompt.distributed import DistContext, fsdp_requested, shard_backbone
-from softprompt.init import INITS
+from softprompt.init import INITS, TRANSFER_PREFIX, is_init
 from softprompt.methods import task_parameters
 from softprompt.model_tuning import ModelTuneConfig, tune_model
 from softprompt.precision import PRECISIONS, enable_gradient_checkpointing
+from softprompt.promptfile import load_prompt
+from softprompt.reparam import REPARAMS
 from softprompt.tasks import Example, Task
 from softprompt.tasks.selection import SELECTION_SEED, selection_split
 from softprompt.trainer import AUTO_LR_SCALE, RECIPES, TrainConfig, train_prompt
@@ -34,8 +44,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--grad-accum", type=int, default=d.grad_accum)
     p.add_argument("--prompt-length", type=int, default=d.prompt_length, help="P, soft-prompt vectors")
-    p.add_argument("--init", choices=INITS, default=d.init)
+    p.add_argument("--init", type=_init, default=d.init, metavar="{" + ",".join(INITS) + f",{TRANSFER_PREFIX}FILE}}",
+                   help=f"prompt initialisation (default {d.init}); {TRANSFER_PREFIX}FILE.safetensors starts from "
+                        "another prompt file of this model (prompt transfer): its first P rows, or all of them "
+                        "followed by sampled-vocab rows when it is shorter")
     p.add_argument("--init-text", default=None, help="string for --init text")
+    add_allow_other_model(p)
+    p.add_argument("--reparam", choices=REPARAMS, default=d.reparam,
+                   help="residual: train each prompt vector through a shared residual MLP (P + LayerNorm(W_up "
+                        "ReLU(W_down P)), Razdaibiedina et al. 2023); the MLP is folded into the saved prompt, which "
+                        f"is a plain prompt file (default {d.reparam})")
+    p.add_argument("--reparam-bottleneck", type=int, default=d.reparam_bottleneck,
+                   help=f"--reparam residual: the MLP's hidden width (default {d.reparam_bottleneck}, the authors')")
     m = ModelTuneConfig()
     p.add_argument("--optimizer", choices=["adafactor", "adam", "adamw"], default=None,
                    help=f"default {d.optimizer} (prompt tuning), {m.optimizer} (model tuning)")
@@ -83,6 +103,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _init(text: str) -> str:
+    """``--init``: a named init or ``from:FILE``."""
+    if not is_init(text):
+        raise argparse.ArgumentTypeError(f"expected one of {', '.join(INITS)} or {TRANSFER_PREFIX}FILE, got {text!r}")
+    return text
+
+
 def _lr(text: str) -> float | str:
     """``--lr``: a positive number or ``auto``."""
     if text == "auto":
@@ -106,6 +133,7 @@ def _optimizer_args(args: argparse.Namespace, defaults: TrainConfig | ModelTuneC
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(steps=args.steps, batch_size=args.batch_size, grad_accum=args.grad_accum,
                        prompt_length=args.prompt_length, init=args.init, init_text=args.init_text,
+                       reparam=args.reparam, reparam_bottleneck=args.reparam_bottleneck,
                        **_optimizer_args(args, TrainConfig()), seed=args.seed,
                        eval_every=args.eval_every, eval_limit=args.eval_limit, save_every=args.save_every,
                        max_input_tokens=args.max_input_tokens,
@@ -151,7 +179,8 @@ def run_model_tuning(args: argparse.Namespace) -> int:
         raise UsageError("--lr auto is for prompt tuning (it scales the prompt's step to the embeddings); give "
                          "model tuning a number")
     for flag, value in (("--resume", args.resume), ("--seeds", args.seeds), ("--fsdp", args.fsdp),
-                        ("--recipe", args.recipe)):
+                        ("--recipe", args.recipe), ("--reparam", args.reparam != "none"),
+                        ("--init from:", args.init.startswith(TRANSFER_PREFIX))):
         if value:
             raise UsageError(f"{flag} is for prompt tuning, not --method model-tuning")
     config = model_tune_config_from_args(args)
@@ -173,6 +202,8 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--out must end in .safetensors, got {args.out}")
     seeds = parse_seeds(args.seeds) if args.seeds else None
     config = config_from_args(args)
+    if config.init.startswith(TRANSFER_PREFIX):
+        load_prompt(config.init[len(TRANSFER_PREFIX):])  # a missing or broken file is refused before a model loads
     task = task_from_args(args)
     # One slice for every seed: the prompts of an ensemble are selected on the same held-out examples.
     train, selection, info = split_train(task, args, config.eval_limit)
@@ -194,7 +225,8 @@ def run(args: argparse.Namespace) -> int:
     for cfg, out in runs:
         t0 = time.perf_counter()
         result = train_prompt(backbone, task, train, cfg, out, selection=selection, selection_info=info,
-                              resume=args.resume, progress=not args.no_progress, dist=dist)
+                              resume=args.resume, progress=not args.no_progress, dist=dist,
+                              allow_other_model=args.allow_other_model)
         if dist is not None and not dist.is_main:
             continue  # the main process reports
         emit({"out": str(out), "task": task.name, "model": args.model, "method": "prompt-tuning",
