@@ -180,7 +180,7 @@ def memory(backbone: Backbone, files: list[PromptFile]) -> dict:
     engine = Engine(backbone)
     tasks = [engine.make_task(f"t{i}", [pf], where="bench") for i, pf in enumerate(files)]
     prompt_bytes = sum(m.prompt.numel() * 4 for t in tasks for m in t.members)
-    kv_bytes = sum(m.kv.nbytes for t in tasks for m in t.members if m.kv is not None)
+    kv_bytes = engine.prompted.prefix_cache.nbytes if engine.prompted.prefix_cache is not None else 0
     server = params + prompt_bytes + kv_bytes
     return {"parameter_bytes": params, "prompt_bytes_8": prompt_bytes, "prefix_cache_kv_bytes_8": kv_bytes,
             "one_server_8_prompts_bytes": server, "eight_model_copies_bytes": 8 * params,

@@ -19,6 +19,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
+from softprompt.prompted import NoContextError
 from softprompt.promptfile import PromptFileError
 from softprompt.server.batcher import Batcher, Overloaded
 from softprompt.server.engine import NAME_PATTERN, Engine, Job, ServedTask, TaskError
@@ -114,6 +115,10 @@ def create_app(engine: Engine, config: ServerConfig | None = None) -> FastAPI:
         errors = [{k: v for k, v in e.items() if k in ("loc", "msg", "type")} for e in err.errors()]
         detail = "; ".join(f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in errors) or "invalid request"
         return JSONResponse(jsonable_encoder({"detail": detail, "errors": errors}), status_code=422)
+
+    @app.exception_handler(NoContextError)
+    async def no_context(request: Request, err: NoContextError) -> JSONResponse:
+        return JSONResponse({"detail": str(err)}, status_code=422)
 
     @app.exception_handler(Overloaded)
     async def overloaded(request: Request, err: Overloaded) -> JSONResponse:
