@@ -83,6 +83,11 @@ class PromptedModel(nn.Module):
         lengths = self.bank.lengths[prompt_index.to(self.bank.lengths.device)].cpu()
         return (lengths > 0) | (input_lengths.cpu() > 0)
 
+    def splice_rows(self, input_ids: Tensor, attention_mask: Tensor, prompt_index: Tensor,
+                    labels: Tensor | None = None) -> Spliced:
+        """Embed the rows and splice each row's whole prompt in front: what a forward without the cache consumes."""
+        return self.layout(input_ids, attention_mask, prompt_index, labels)[0]
+
     def layout(self, input_ids: Tensor, attention_mask: Tensor, prompt_index: Tensor, labels: Tensor | None = None,
                input_lengths: Tensor | None = None) -> tuple[Spliced, Any]:
         """Embed the rows and splice each row's prompt in front; on cached inference, of each row's prompt only
