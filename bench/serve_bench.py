@@ -3,7 +3,11 @@
 (a) throughput of a mixed stream over 8 tasks vs the same stream all for one task (through HTTP, one server);
 (b) the same requests served one at a time, unbatched (engine level: one forward per request, no HTTP, no wait);
 (c) latency of one request with a P=100 prompt from the prefix cache vs no prompt at all vs the uncached splice;
-(d) memory: one server with 8 prompts vs 8 model copies (parameter, prompt and cached K/V bytes).
+(d) memory: one server with 8 prompts vs 8 model copies (parameter, prompt and cached K/V bytes);
+(e) rows per request for a 2-label task: one row (both labels read from the next-token distribution) vs the K rows
+    the engine used to run, side by side on the same requests (rows counted at the model's forward);
+(f) offline evaluation (what `softprompt eval` runs): SST-2 validation with a P=100 prompt from the prefix cache vs
+    no prompt vs the same prompt uncached, interleaved slice by slice; predictions compared.
 
 Prompts are sampled-vocabulary inits of the right shape (no training: speed does not depend on what they learned).
 Usage: PYTHONPATH=src python bench/serve_bench.py [--model smollm2-135m] [--threads 1] [--requests 128]
@@ -13,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import platform
@@ -28,9 +33,14 @@ import httpx
 import torch
 
 from softprompt.backbone import Backbone, load_backbone
+from softprompt.bank import PromptBank
+from softprompt.cli.evaluation import no_prompt, prompted_from_file
+from softprompt.evaluate import evaluate
 from softprompt.init import sampled_vocab
+from softprompt.prompted import PromptedModel
 from softprompt.promptfile import PromptFile, PromptMeta, save_prompt
 from softprompt.server.engine import Engine, Job
+from softprompt.tasks import get_task
 from softprompt.tasks.base import resolve_data_dir
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -175,12 +185,80 @@ def latency(args: argparse.Namespace, backbone: Backbone, texts: list[str]) -> d
             "cached_speedup_over_uncached": round(med["p100_uncached"] / med["p100_prefix_cache"], 2)}
 
 
+def rows_per_input(args: argparse.Namespace, backbone: Backbone, files: list[PromptFile], texts: list[str]) -> dict:
+    engine = Engine(backbone, max_batch_rows=args.max_batch_rows)
+    one_row = engine.make_task("one-row", [files[0]], where="bench")
+    # The engine's former layout for the same task: one row per (input, label).
+    k_rows = dataclasses.replace(one_row, name="k-rows", label_ids=None)
+    counted: list[int] = []
+    hook = backbone.model.register_forward_pre_hook(
+        lambda _m, _a, kw: counted.append(len(kw["inputs_embeds"])), with_kwargs=True)
+    per_batch = 32
+    out: dict = {"label_token_ids": list(one_row.label_ids or ()), "requests": len(texts),
+                 "requests_per_batch": per_batch}
+    results = {}
+    try:
+        for task in (one_row, k_rows):  # warm-up
+            engine.run([Job("classify", task, [texts[0]])])
+        for task in (one_row, k_rows):
+            jobs = [Job("classify", task, [t]) for t in texts]
+            counted.clear()
+            wall, cpu = time_jobs(engine, [jobs[i:i + per_batch] for i in range(0, len(jobs), per_batch)])
+            results[task.name] = jobs
+            out[task.name] = {"job_rows_per_request": jobs[0].rows, "forward_rows": sum(counted),
+                              "forward_rows_per_request": round(sum(counted) / len(jobs), 3),
+                              "wall_s": round(wall, 3), "thread_cpu_s": round(cpu, 3)}
+    finally:
+        hook.remove()
+    pairs = list(zip(results["one-row"], results["k-rows"], strict=True))
+    out["same_labels"] = all(a.result[0]["label"] == b.result[0]["label"] for a, b in pairs)
+    out["max_score_difference"] = max(abs(a.result[0]["scores"][k] - b.result[0]["scores"][k])
+                                      for a, b in pairs for k in a.result[0]["scores"])
+    out["cpu_one_row_over_k_rows"] = round(out["one-row"]["thread_cpu_s"] / out["k-rows"]["thread_cpu_s"], 3)
+    return out
+
+
+def eval_sst2(args: argparse.Namespace, backbone: Backbone) -> dict:
+    """`softprompt eval --task sst2` (batch size 32, 256 input tokens: the CLI's defaults) three ways, interleaved
+    slice by slice so that load from other processes hits every case alike; the CPU time of this thread is the
+    steadier measure on a shared machine."""
+    task = get_task("sst2")
+    examples = task.examples("validation")[:args.eval_limit]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "p100.safetensors"
+        pf = prompt_file(backbone, 100, 7)
+        save_prompt(path, pf.prompt, pf.meta)
+        cached, _ = prompted_from_file(backbone, str(path))  # the CLI's own loader
+    uncached = PromptedModel(backbone, PromptBank(pf.prompt.unsqueeze(0)), prefix_cache=False)
+    cases = {"no_prompt": no_prompt(backbone), "p100_prefix_cache": cached, "p100_uncached": uncached}
+    wall = dict.fromkeys(cases, 0.0)
+    cpu = dict.fromkeys(cases, 0.0)
+    preds: dict[str, list[str]] = {k: [] for k in cases}
+    slices = [examples[i:i + args.eval_slice] for i in range(0, len(examples), args.eval_slice)]
+    for part in slices:
+        for k, pm in cases.items():
+            t0, c0 = time.perf_counter(), time.thread_time()
+            _, got = evaluate(pm, task, part, batch_size=32, max_input_tokens=256)
+            wall[k] += time.perf_counter() - t0
+            cpu[k] += time.thread_time() - c0
+            preds[k] += got
+    accuracy = {k: task.metrics(v, examples) for k, v in preds.items()}
+    return {"examples": len(examples), "slices": len(slices), "prompt_length": 100,
+            "wall_s": {k: round(v, 2) for k, v in wall.items()},
+            "thread_cpu_s": {k: round(v, 2) for k, v in cpu.items()},
+            "metrics": accuracy,
+            "predictions_cached_equal_uncached": preds["p100_prefix_cache"] == preds["p100_uncached"],
+            "cached_over_no_prompt_cpu": round(cpu["p100_prefix_cache"] / cpu["no_prompt"], 3),
+            "uncached_over_no_prompt_cpu": round(cpu["p100_uncached"] / cpu["no_prompt"], 3),
+            "cached_over_no_prompt_wall": round(wall["p100_prefix_cache"] / wall["no_prompt"], 3)}
+
+
 def memory(backbone: Backbone, files: list[PromptFile]) -> dict:
     params = sum(p.numel() * p.element_size() for p in backbone.model.parameters())
     engine = Engine(backbone)
     tasks = [engine.make_task(f"t{i}", [pf], where="bench") for i, pf in enumerate(files)]
     prompt_bytes = sum(m.prompt.numel() * 4 for t in tasks for m in t.members)
-    kv_bytes = sum(m.kv.nbytes for t in tasks for m in t.members if m.kv is not None)
+    kv_bytes = engine.prompted.prefix_cache.nbytes if engine.prompted.prefix_cache is not None else 0
     server = params + prompt_bytes + kv_bytes
     return {"parameter_bytes": params, "prompt_bytes_8": prompt_bytes, "prefix_cache_kv_bytes_8": kv_bytes,
             "one_server_8_prompts_bytes": server, "eight_model_copies_bytes": 8 * params,
@@ -198,16 +276,19 @@ def main() -> None:
     ap.add_argument("--max-batch-rows", type=int, default=64)
     ap.add_argument("--max-wait-ms", type=float, default=5.0)
     ap.add_argument("--latency-requests", type=int, default=30)
-    ap.add_argument("--only", nargs="*", choices=["a", "b", "c", "d"], default=None,
+    ap.add_argument("--eval-limit", type=int, default=None, help="(f) first N SST-2 validation examples (all: 872)")
+    ap.add_argument("--eval-slice", type=int, default=128, help="(f) examples per interleaved slice")
+    ap.add_argument("--only", nargs="*", choices=["a", "b", "c", "d", "e", "f"], default=None,
                     help="rerun these sections only, keeping the others from --out")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "serve_cpu.json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     t_start = time.perf_counter()
+    load_start = os.getloadavg()
     backbone = load_backbone(args.model)
     texts = sentences(args.requests)
     files = [prompt_file(backbone, args.prompt_length, seed) for seed in range(8)]
-    only = set(args.only or "abcd")
+    only = set(args.only or "abcdef")
     result: dict = json.loads(args.out.read_text()) if args.only and args.out.is_file() else {}
     if "a" in only:
         with tempfile.TemporaryDirectory() as tmp:
@@ -221,6 +302,10 @@ def main() -> None:
         result["c_latency_p100"] = latency(args, backbone, texts)
     if "d" in only:
         result["d_memory"] = memory(backbone, files)
+    if "e" in only:
+        result["e_rows_per_input"] = rows_per_input(args, backbone, files, texts)
+    if "f" in only:
+        result["f_eval_sst2"] = eval_sst2(args, backbone)
     import fastapi
     import transformers
 
@@ -231,8 +316,10 @@ def main() -> None:
            "versions": {"python": platform.python_version(), "torch": torch.__version__,
                         "transformers": transformers.__version__, "fastapi": fastapi.__version__},
            "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                       "cpu_count": os.cpu_count(), "note": "2 cores shared with other jobs; timings are noisy"},
-           "workload": "SST-2 dev sentences, rank classification with 2 labels (2 rows per request), "
+                       "cpu_count": os.cpu_count(), "note": "2 cores shared with other jobs; timings are noisy",
+                       "loadavg_1_5_15_start": [round(x, 2) for x in load_start],
+                       "loadavg_1_5_15_end": [round(x, 2) for x in os.getloadavg()]},
+           "workload": "SST-2 dev sentences, rank classification with 2 one-token labels (1 row per request), "
                        "8 tasks of sampled-vocab prompts",
            **{k: v for k, v in result.items() if k[1] == "_" or k.startswith(("seconds", "settings_rerun"))}}
     tag = "".join(sorted(only))

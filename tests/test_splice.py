@@ -18,15 +18,28 @@ def test_layout_left_compacts_any_padding() -> None:
     prompt_mask = torch.tensor([[1, 1, 1], [1, 0, 0]])  # second row: a prompt of length 1
     labels = torch.tensor([[7, 8, IGNORE_INDEX, IGNORE_INDEX], [IGNORE_INDEX, 5, 6, 9]])
     s = splice(embeds, mask, prompts, prompt_mask, labels)
-    assert s.attention_mask.tolist() == [[0, 0, 1, 1, 1, 1, 1], [0, 0, 0, 1, 1, 1, 1]]
-    assert s.position_ids.tolist() == [[0, 0, 0, 1, 2, 3, 4], [0, 0, 0, 0, 1, 2, 3]]
+    # 7 columns, the first 2 padding in both rows: dropped.
+    assert s.attention_mask.tolist() == [[1, 1, 1, 1, 1], [0, 1, 1, 1, 1]]
+    assert s.position_ids.tolist() == [[0, 1, 2, 3, 4], [0, 0, 1, 2, 3]]
     # Row 0: three prompt slots then the two real tokens, in order.
-    assert torch.equal(s.inputs_embeds[0, 2:5], prompts[0])
-    assert torch.equal(s.inputs_embeds[0, 5:], embeds[0, :2])
+    assert torch.equal(s.inputs_embeds[0, :3], prompts[0])
+    assert torch.equal(s.inputs_embeds[0, 3:], embeds[0, :2])
     # Row 1: its one used prompt slot, then tokens 1..3.
-    assert torch.equal(s.inputs_embeds[1, 3], prompts[1, 0])
-    assert torch.equal(s.inputs_embeds[1, 4:], embeds[1, 1:])
-    assert s.labels.tolist() == [[IGNORE_INDEX] * 5 + [7, 8], [IGNORE_INDEX] * 4 + [5, 6, 9]]
+    assert torch.equal(s.inputs_embeds[1, 1], prompts[1, 0])
+    assert torch.equal(s.inputs_embeds[1, 2:], embeds[1, 1:])
+    assert s.labels.tolist() == [[IGNORE_INDEX] * 3 + [7, 8], [IGNORE_INDEX] * 2 + [5, 6, 9]]
+
+
+def test_layout_after_a_cached_prefix() -> None:
+    """The columns a cache holds lead the mask and count in the positions; the rest is the usual layout."""
+    h = 2
+    embeds = torch.arange(2 * 3 * h, dtype=torch.float).view(2, 3, h)
+    mask = torch.tensor([[1, 1, 1], [1, 0, 0]])
+    prefix_mask = torch.tensor([[0, 1, 1], [1, 1, 1]])  # cached prompt slots, left-padded: 2 and 3
+    s = splice(embeds, mask, embeds.new_zeros(2, 0, h), prefix_mask=prefix_mask)
+    assert s.attention_mask.tolist() == [[0, 1, 1, 1, 1, 1], [1, 1, 1, 0, 0, 1]]
+    assert s.position_ids.tolist() == [[2, 3, 4], [0, 0, 3]]
+    assert torch.equal(s.inputs_embeds[1, 2], embeds[1, 0])
 
 
 def test_zero_length_prompt_gives_the_bare_model(backbone) -> None:

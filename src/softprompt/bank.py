@@ -1,8 +1,9 @@
 """A bank of N soft prompts as one ``[N, P, H]`` parameter, gathered per batch row by a prompt index.
 
-Training holds N = 1; an ensemble holds its K prompts; a server holds one prompt per task. Prompts of different
-lengths share the bank: each is stored left-aligned in P = max length slots and ``lengths[n]`` says how many slots
-prompt n uses; :func:`softprompt.splice.splice` drops the unused slots.
+Training holds N = 1; an ensemble holds its K prompts; a server holds every served prompt (tasks keep indices into
+it, :meth:`PromptBank.put` writes a newly loaded one). Prompts of different lengths share the bank: each is stored
+left-aligned in P = max length slots and ``lengths[n]`` says how many slots prompt n uses;
+:func:`softprompt.splice.splice` drops the unused slots.
 
 What the splice receives is :meth:`PromptBank.folded`: ``weight`` itself here; a reparameterised bank
 (:mod:`softprompt.reparam`) computes it from ``weight`` and its own parameters, so training with a reparameterisation
@@ -61,6 +62,27 @@ class PromptBank(nn.Module):
     def folded(self) -> Tensor:
         """[N, P, H] the prompts the splice receives (a plain bank stores them as they are)."""
         return self.weight
+
+    @torch.no_grad()
+    def put(self, n: int, prompt: Tensor) -> None:
+        """Store ``prompt`` [P_n, H] in slot n, overwriting it; the bank grows when n ≥ N (to at least twice its
+        slots, so that loading prompt after prompt copies the bank O(log N) times) or P_n > P. Slots never written
+        hold a zero-length prompt. For a bank that is served, not trained (no gradient flows through this write)."""
+        if prompt.dim() != 2 or prompt.shape[1] != self.hidden_size:
+            raise ValueError(f"a prompt for this bank is [P, {self.hidden_size}], got shape {tuple(prompt.shape)}")
+        n_old, p_old = self.num_prompts, self.max_length
+        slots = max(n + 1, 2 * n_old) if n >= n_old else n_old
+        width = max(p_old, int(prompt.shape[0]))
+        if (slots, width) != (n_old, p_old):
+            weight = self.weight.new_zeros(slots, width, self.hidden_size)
+            weight[:n_old, :p_old] = self.weight
+            self.weight = nn.Parameter(weight, requires_grad=self.weight.requires_grad)
+            lengths = self.lengths.new_zeros(slots)
+            lengths[:n_old] = self.lengths
+            self.lengths = lengths
+        self.weight[n].zero_()
+        self.weight[n, : prompt.shape[0]] = prompt.to(self.weight)
+        self.lengths[n] = int(prompt.shape[0])
 
     def prompt(self, n: int) -> Tensor:
         """Prompt n without its unused slots: [P_n, H]."""

@@ -4,6 +4,10 @@ Decoder-only rows are ``input tokens + target tokens`` (tokenized separately, so
 precedes it) with labels only on the target; encoder-decoder rows keep the input for the encoder and the target as
 decoder labels. Inputs longer than ``max_input_tokens`` lose their *beginning* (a leading BOS is kept): task formats
 put the question or the label cue at the end, which a decoder must see.
+
+Text is always text: a user's ``</s>`` or ``<|endoftext|>`` is tokenized as those characters
+(``split_special_tokens=True``), never as the control token it spells; the only special tokens in a row are the ones
+the tokenizer adds itself (BOS, T5's EOS) and a generation target's EOS.
 """
 
 from __future__ import annotations
@@ -52,28 +56,37 @@ def _truncate(ids: list[int], limit: int, keep_first: bool) -> list[int]:
     return ids[len(ids) - limit:]
 
 
+def tokenize(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], *, add_special_tokens: bool
+             ) -> list[list[int]]:
+    """Token ids of each text (one batched call), special-token spellings in it taken as plain text."""
+    if not texts:
+        return []
+    out = tokenizer(list(texts), add_special_tokens=add_special_tokens, split_special_tokens=True)["input_ids"]
+    return [list(ids) for ids in out]
+
+
 def encode_inputs(tokenizer: PreTrainedTokenizerBase, inputs: Sequence[str], max_input_tokens: int) -> list[list[int]]:
-    """Input token ids with the tokenizer's own special tokens (BOS for Llama, EOS for T5), truncated."""
+    """Input token ids with the tokenizer's own special tokens (BOS for Llama, EOS for T5), truncated to the last
+    ``max_input_tokens`` (a leading BOS kept). An input may tokenize to nothing (an empty string, no BOS)."""
     bos = tokenizer.bos_token_id
-    out = []
-    for text in inputs:
-        ids = tokenizer(text, add_special_tokens=True)["input_ids"]
-        out.append(_truncate(ids, max_input_tokens, keep_first=bos is not None and ids[:1] == [bos]))
-    return out
+    return [_truncate(ids, max_input_tokens, keep_first=bos is not None and ids[:1] == [bos])
+            for ids in tokenize(tokenizer, inputs, add_special_tokens=True)]
 
 
-def encode_target(
-    tokenizer: PreTrainedTokenizerBase, target: str, *, encoder_decoder: bool, add_eos: bool
-) -> list[int]:
+def encode_targets(
+    tokenizer: PreTrainedTokenizerBase, targets: Sequence[str], *, encoder_decoder: bool, add_eos: bool
+) -> list[list[int]]:
     """Target token ids: T5 tokenizers append EOS themselves; decoder-only targets get it only when asked
     (generation targets must learn to stop; rank-classification choices must not end in EOS)."""
-    ids = list(tokenizer(target, add_special_tokens=False)["input_ids"])
     eos = tokenizer.eos_token_id
-    if (encoder_decoder or add_eos) and eos is not None and ids[-1:] != [eos]:
-        ids.append(eos)
-    if not ids:
-        raise ValueError(f"target {target!r} tokenizes to no tokens")
-    return ids
+    out = []
+    for target, ids in zip(targets, tokenize(tokenizer, targets, add_special_tokens=False), strict=True):
+        if (encoder_decoder or add_eos) and eos is not None and ids[-1:] != [eos]:
+            ids.append(eos)
+        if not ids:
+            raise ValueError(f"target {target!r} tokenizes to no tokens")
+        out.append(ids)
+    return out
 
 
 def make_batch(
@@ -89,7 +102,7 @@ def make_batch(
     if len(inputs) != len(targets):
         raise ValueError(f"{len(inputs)} inputs but {len(targets)} targets")
     enc = encode_inputs(tokenizer, inputs, max_input_tokens)
-    tgt = [encode_target(tokenizer, t, encoder_decoder=encoder_decoder, add_eos=add_eos) for t in targets]
+    tgt = encode_targets(tokenizer, targets, encoder_decoder=encoder_decoder, add_eos=add_eos)
     lengths = torch.tensor([len(t) for t in tgt], dtype=torch.long)
     pad = int(tokenizer.pad_token_id)
     if encoder_decoder:

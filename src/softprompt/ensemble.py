@@ -18,8 +18,10 @@ rows carrying their prompt index) and takes a majority vote over the generated s
 the lowest-numbered prompt among the tied. There is no mean-prob for generation.
 
 Speed (bench/ensemble_bench.py measures each): rows are laid out in order of input length before chunking, so a
-chunk holds inputs of nearly equal length and pads little; and when every choice is one token (most verbalizers),
-the K choices of an (example, prompt) share one row, since they differ only in the token being scored.
+chunk holds inputs of nearly equal length and pads little; when every choice is one token (most verbalizers),
+the K choices of an (example, prompt) share one row, since they differ only in the token being scored; and on
+decoder-only models each prompt's columns are computed once and read from the prefix cache inside
+:class:`~softprompt.prompted.PromptedModel` (:mod:`softprompt.prefix_cache`).
 """
 
 from __future__ import annotations

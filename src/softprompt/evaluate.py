@@ -1,8 +1,10 @@
 """Predict and evaluate: rank classification (every choice scored in batched forwards) and greedy generation.
 
-K choices, E examples, N prompts. :func:`score_choices` lays out E × K × N rows, each with its prompt index, and runs
-them through the one splice in chunks of ``batch_size`` rows: a single prompt (training, eval), several prompts for
-the same inputs (ensembles) or no prompt at all (prompt design) are the same code.
+K choices, E examples, N prompts. :func:`score_choices` lays out rows, each with its prompt index, and runs them
+through :class:`~softprompt.prompted.PromptedModel` (the one splice, and the prefix cache on decoder-only models) in
+chunks of ``batch_size`` rows: E × N rows when every choice is one token (all K read from one next-token
+distribution), E × K × N otherwise. A single prompt (training, eval), several prompts for the same inputs
+(ensembles) or no prompt at all (prompt design) are the same code.
 """
 
 from __future__ import annotations
@@ -13,8 +15,9 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from softprompt.batching import make_batch, make_input_batch
-from softprompt.prompted import PromptedModel
+from softprompt.backbone import Backbone
+from softprompt.batching import make_batch, make_input_batch, tokenize
+from softprompt.prompted import NoContextError, PromptedModel
 from softprompt.tasks.base import Example, Task
 
 
@@ -49,15 +52,19 @@ def score_choices(
     chunks = range(0, len(rows), batch_size)
     for start in tqdm(chunks, desc="score", unit="batch", disable=not progress, leave=False):
         chunk = rows[start:start + batch_size]
+        texts = [instruction + examples[e].input for _, e, _ in chunk]
         batch = make_batch(
             pm.backbone.tokenizer,
-            [instruction + examples[e].input for _, e, _ in chunk],
+            texts,
             [examples[e].choices[k] for _, e, k in chunk],  # type: ignore[index]
             encoder_decoder=pm.backbone.is_encoder_decoder,
             max_input_tokens=max_input_tokens,
         )
         index = torch.tensor([prompt_indices[n] for n, _, _ in chunk], dtype=torch.long)
-        values = pm.sequence_logprob(batch, index).float().cpu()
+        try:
+            values = pm.sequence_logprob(batch, index).float().cpu()
+        except NoContextError as err:
+            raise err.naming(texts) from None
         for (n, e, k), v in zip(chunk, values, strict=True):
             scores[n, e, k] = v
     return scores
@@ -69,21 +76,26 @@ def single_token_choices(pm: PromptedModel, examples: Sequence[Example]) -> list
     Then one row per (example, prompt) scores all K choices from the same next-token distribution — the same
     numbers as K rows of input + choice, at 1/K of the compute (binary verbalizers are usually single tokens).
     """
-    if pm.backbone.is_encoder_decoder:
-        return None
-    tok = pm.backbone.tokenizer
-    cache: dict[str, list[int]] = {}
     out = []
+    known: dict[tuple[str, ...], list[int] | None] = {}
     for e in examples:
-        ids = []
-        for c in e.choices or ():
-            if c not in cache:
-                cache[c] = tok(c, add_special_tokens=False)["input_ids"]
-            if len(cache[c]) != 1:
-                return None
-            ids.append(cache[c][0])
+        choices = tuple(e.choices or ())
+        if choices not in known:
+            known[choices] = single_token_ids(pm.backbone, choices)
+        ids = known[choices]
+        if ids is None:
+            return None
         out.append(ids)
     return out
+
+
+def single_token_ids(backbone: Backbone, choices: Sequence[str]) -> list[int] | None:
+    """The choices' token ids when each is one token on a decoder-only model (then all are read from one
+    next-token distribution), else None. Tokenized as :func:`~softprompt.batching.make_batch` tokenizes targets."""
+    if backbone.is_encoder_decoder:
+        return None
+    ids = tokenize(backbone.tokenizer, choices, add_special_tokens=False)
+    return [i[0] for i in ids] if all(len(i) == 1 for i in ids) else None
 
 
 def _score_single_tokens(pm: PromptedModel, examples: Sequence[Example], choice_ids: list[list[int]],
@@ -95,10 +107,13 @@ def _score_single_tokens(pm: PromptedModel, examples: Sequence[Example], choice_
     for start in tqdm(range(0, len(rows), batch_size), desc="score", unit="batch", disable=not progress,
                       leave=False):
         chunk = rows[start:start + batch_size]
-        ids, mask = make_input_batch(pm.backbone.tokenizer, [instruction + examples[e].input for _, e in chunk],
-                                     max_input_tokens)
+        texts = [instruction + examples[e].input for _, e in chunk]
+        ids, mask = make_input_batch(pm.backbone.tokenizer, texts, max_input_tokens)
         index = torch.tensor([prompt_indices[n] for n, _ in chunk], dtype=torch.long)
-        logp = pm.next_token_logprobs(ids, mask, index).cpu()
+        try:
+            logp = pm.next_token_logprobs(ids, mask, index).cpu()
+        except NoContextError as err:
+            raise err.naming(texts) from None
         for row, (n, e) in enumerate(chunk):
             choices = choice_ids[e]
             scores[n, e, : len(choices)] = logp[row, choices]

@@ -12,9 +12,16 @@ order on the right::
 
 So a row's real content is contiguous, position ids count only real slots (``cumsum(mask) - 1``), and a target
 placed at the end of the input ends at the last column of every row — which lets the language-model head run on the
-last few columns only (``logits_to_keep``). Alternatives rejected: keeping pads between prompt and input (position ids
-would still work, but targets would no longer end at a shared column), and right-padding the output (generation
+last few columns only (``logits_to_keep``). Columns that are padding in every row are dropped (a bank's longest
+prompt may be longer than any of the batch's). Alternatives rejected: keeping pads between prompt and input (position
+ids would still work, but targets would no longer end at a shared column), and right-padding the output (generation
 needs left padding anyway).
+
+With a cached prefix (``prefix_mask``, see :mod:`softprompt.prefix_cache`) the first C columns of every row are not
+computed but read from a KV cache; the splice then lays out the remaining columns exactly as above, and the mask and
+positions cover the cache's columns followed by them::
+
+    cache  .  p1 p2 |  spliced  .  x1 x2 x3     mask  0 1 1 0 1 1 1     positions (spliced)  0 2 3 4
 """
 
 from __future__ import annotations
@@ -29,11 +36,14 @@ IGNORE_INDEX = -100
 
 @dataclass(frozen=True)
 class Spliced:
-    """A batch with prompts spliced in; L = P + T columns, left-compacted."""
+    """A batch with prompts spliced in, left-compacted: L ≤ P + T columns (the longest row), after C cached ones.
+
+    C = 0 unless :func:`splice` was given a ``prefix_mask``.
+    """
 
     inputs_embeds: Tensor  # [B, L, H]
-    attention_mask: Tensor  # [B, L], 1 for real slots
-    position_ids: Tensor  # [B, L], 0.. over real slots, 0 on padding
+    attention_mask: Tensor  # [B, C + L], 1 for real slots (the cache's columns first)
+    position_ids: Tensor  # [B, L], 0.. over real slots (counting cached ones), 0 on padding
     labels: Tensor | None  # [B, L], IGNORE_INDEX on prompt and padding
 
 
@@ -48,7 +58,20 @@ def compact_order(mask: Tensor) -> Tensor:
 
 def position_ids_from_mask(mask: Tensor) -> Tensor:
     """[B, L] 0/1 mask → [B, L] positions counting real slots only (0 on padding)."""
-    return (mask.long().cumsum(dim=1) - 1).clamp(min=0)
+    mask = mask.long()
+    return (mask.cumsum(dim=1) - 1).clamp(min=0) * mask
+
+
+def gather_targets(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    """Log-probability of each target token under the logits that predict it.
+
+    logits: [B, Lt, V], column i predicting ``labels[:, i]``; labels: [B, Lt], IGNORE_INDEX off the target.
+    Returns (logp [B, Lt] in float32, 0 off the target; mask [B, Lt], True on target tokens).
+    """
+    mask = labels != IGNORE_INDEX
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    picked = torch.gather(logp, 2, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return picked * mask, mask
 
 
 def splice(
@@ -57,6 +80,7 @@ def splice(
     prompts: Tensor,
     prompt_mask: Tensor | None = None,
     labels: Tensor | None = None,
+    prefix_mask: Tensor | None = None,
 ) -> Spliced:
     """Prepend ``prompts[b]`` to row b of ``embeds`` and left-compact the result.
 
@@ -66,6 +90,8 @@ def splice(
         prompts: [B, P, H] one prompt per row (P may be 0).
         prompt_mask: [B, P] 1 for used prompt slots; rows of a bank with mixed prompt lengths leave slots unused.
         labels: [B, T] token ids to predict, IGNORE_INDEX where nothing is predicted.
+        prefix_mask: [B, C] 1 on the real columns of a KV cache that precedes every row (in the cache's column
+            order); those columns count in the positions and lead the returned attention mask.
     """
     if embeds.dim() != 3 or prompts.dim() != 3:
         raise ValueError(f"embeds and prompts must be [B, T, H] and [B, P, H], got {tuple(embeds.shape)}, "
@@ -79,10 +105,17 @@ def splice(
     mask = torch.cat([prompt_mask.to(attention_mask.dtype), attention_mask], dim=1)  # [B, L]
     order = compact_order(mask)  # [B, L]
     full = torch.cat([prompts.to(embeds.dtype), embeds], dim=1)  # [B, L, H]
+    # Columns that are padding in every row lead the compacted layout; drop them.
+    start = mask.shape[1] - (int(mask.sum(dim=1).max()) if b else 0)
+    order = order[:, start:]
     inputs_embeds = torch.gather(full, 1, order.unsqueeze(-1).expand(-1, -1, h))
     mask = torch.gather(mask, 1, order)
     out_labels = None
     if labels is not None:
         full_labels = torch.cat([labels.new_full((b, p), IGNORE_INDEX), labels], dim=1)
         out_labels = torch.gather(full_labels, 1, order).masked_fill(mask == 0, IGNORE_INDEX)
-    return Spliced(inputs_embeds, mask, position_ids_from_mask(mask), out_labels)
+    if prefix_mask is None:
+        return Spliced(inputs_embeds, mask, position_ids_from_mask(mask), out_labels)
+    full_mask = torch.cat([prefix_mask.to(mask.dtype), mask], dim=1)  # [B, C + L]
+    positions = position_ids_from_mask(full_mask)[:, prefix_mask.shape[1]:]
+    return Spliced(inputs_embeds, full_mask, positions, out_labels)

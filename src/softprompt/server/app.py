@@ -25,6 +25,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from softprompt.prompted import NoContextError
 from softprompt.promptfile import PromptFileError
 from softprompt.server import completions
 from softprompt.server.batcher import Batcher, Overloaded
@@ -188,6 +189,10 @@ def create_app(engine: Engine, config: ServerConfig | None = None) -> FastAPI:
     @app.exception_handler(OpenAIError)
     async def openai_error(request: Request, err: OpenAIError) -> JSONResponse:
         return completions.error_response(err.status, err.message, param=err.param, code=err.code)
+
+    @app.exception_handler(NoContextError)
+    async def no_context(request: Request, err: NoContextError) -> JSONResponse:
+        return JSONResponse({"detail": str(err)}, status_code=422)
 
     @app.exception_handler(Overloaded)
     async def overloaded(request: Request, err: Overloaded) -> JSONResponse:

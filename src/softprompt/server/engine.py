@@ -1,16 +1,22 @@
 """The serving engine: the served tasks and the forward passes that answer them, batched across tasks.
 
 A *task* is one prompt, or several (an ensemble, answered by majority vote), with its input template and labels.
-The engine turns a list of jobs (requests from any tasks) into rows — one per (input, choice, member prompt) for
-classification, one per (input, member) for generation — and runs them in forwards of at most ``max_batch_rows``
-rows where each row carries its own prompt: the prefix cache path (decoder-only, :mod:`softprompt.server.prefix_cache`)
-or the one splice (:class:`softprompt.prompted.PromptedModel`) with a bank of the batch's prompts.
+Every served prompt lives in ONE :class:`~softprompt.bank.PromptBank` inside ONE
+:class:`~softprompt.prompted.PromptedModel`; a task's members hold their slot indices in it. The engine turns a list
+of jobs (requests from any tasks) into rows — one per (input, member prompt) for classification when every label
+word is one token (all K read from the next-token distribution), one per (input, label, member) otherwise, one per
+(input, member) for generation — and runs them through the library's own methods
+(:meth:`~softprompt.prompted.PromptedModel.next_token_logprobs`, ``sequence_logprob``, ``generate``) in forwards of at
+most ``max_batch_rows`` rows where each row carries its own prompt index. The prefix cache is the library's
+(:mod:`softprompt.prefix_cache`), so the server and ``softprompt eval`` compute the same numbers the same way.
 
 A prompt carries its task: the template and instruction it was trained with (its metadata; else a built-in task's
 ``text_template``; else ``"{text}"``) format each served input, so a row served is the row trained.
 
-Jobs hold the :class:`ServedTask` they resolved when they arrived, so unloading a task never fails a job already
-accepted; every model call happens on the batcher's single worker thread.
+Hot loading: a new prompt is written to a free slot (never one in use), on the batcher's worker thread, between
+batches. Jobs hold the :class:`ServedTask` they resolved when they arrived, and a member's slot is freed only when
+nothing holds the member any more (a finalizer), so a job always answers from the prompt version it resolved, even if
+its task was replaced or deleted meanwhile; every model call happens on the worker thread.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import re
 import tempfile
 import threading
 import time
+import weakref
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -31,17 +38,11 @@ from torch import Tensor
 
 from softprompt.backbone import Backbone
 from softprompt.bank import PromptBank
-from softprompt.batching import make_batch, make_input_batch
+from softprompt.batching import encode_inputs, make_batch, make_input_batch, tokenize
 from softprompt.ensemble import majority_vote, vote_strings
-from softprompt.prompted import PromptedModel
+from softprompt.evaluate import single_token_ids
+from softprompt.prompted import NoContextError, PromptedModel
 from softprompt.promptfile import PromptFile, PromptFileError, check_compatible, load_prompt
-from softprompt.server.prefix_cache import (
-    PromptKV,
-    cached_generate,
-    cached_sequence_logprob,
-    prompt_kv,
-    supports_prefix_cache,
-)
 from softprompt.tasks import TASKS
 from softprompt.templates import fill_template, input_template
 
@@ -68,12 +69,13 @@ def check_name(name: str) -> str:
     return name
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Member:
-    """One prompt of a task: the tensor [P, H], and its cached keys/values when the prefix cache is on."""
+    """One prompt of a task: the tensor [P, H] and its slot in the engine's prompt bank (the slot stays this
+    prompt's for as long as anything holds the member)."""
 
     prompt: Tensor
-    kv: PromptKV | None
+    index: int
 
 
 def position_limit(backbone: Backbone) -> int | None:
@@ -97,6 +99,7 @@ class ServedTask:
     base_model: str
     instruction: str = ""  # text before the formatted input, as in training
     loaded_at: int = field(default_factory=lambda: int(time.time()))
+    label_ids: tuple[int, ...] | None = None  # the words' token ids when each is one token (one row per input)
 
     @property
     def kind(self) -> Literal["classification", "generation"]:
@@ -130,6 +133,11 @@ class Job:
     result: list[dict] = field(default_factory=list)
     error: Exception | None = None  # set instead of result when this job's rows failed
 
+    def label_ids(self) -> tuple[int, ...] | None:
+        """The label words' token ids when every input is ranked over the task's one-token labels (one row per
+        input reads all K); None for per-request choices or multi-token labels (one row per choice)."""
+        return self.task.label_ids if self.choices is None else None
+
     def targets(self, i: int) -> tuple[tuple[str, ...], tuple[str, ...]]:
         """(labels, target texts) that input ``i`` is ranked over: its own choices, labelled "0", "1", ... (as
         COPA's raw labels are), else the task's verbalizer."""
@@ -139,9 +147,11 @@ class Job:
 
     @property
     def rows(self) -> int:
+        """Rows this job adds to the forwards: per input and member, 1 (generation, or one-token labels) or K."""
         if self.kind != "classify":
             return len(self.inputs) * len(self.task.members)
-        return sum(len(self.targets(i)[1]) for i in range(len(self.inputs))) * len(self.task.members)
+        per_input = [1 if self.label_ids() is not None else len(self.targets(i)[1]) for i in range(len(self.inputs))]
+        return sum(per_input) * len(self.task.members)
 
 
 class Engine:
@@ -154,15 +164,38 @@ class Engine:
         self.allow_other_model = allow_other_model
         self.max_batch_rows = max_batch_rows
         self.max_input_tokens = max_input_tokens
-        self.prefix_cache = prefix_cache and supports_prefix_cache(backbone)
+        self.prompted = PromptedModel(backbone, PromptBank(torch.zeros(0, 0, backbone.hidden_size)),
+                                      prefix_cache=prefix_cache)
+        self.prompted.bank.weight.requires_grad_(False)
         self.tasks: dict[str, ServedTask] = {}
         self._lock = threading.Lock()  # guards self.tasks against the event loop and the worker together
+        # Bank writes and forwards never overlap (both normally run on the worker thread; this makes it certain).
+        self._bank_lock = threading.Lock()
+        # Slots of members nothing holds any more, appended by their finalizers from whichever thread dropped the
+        # last reference: list.append and list.pop are atomic, and the list holds no reference to the engine.
+        self._free: list[int] = []
+        self._next_slot = 0
+
+    @property
+    def prefix_cache(self) -> bool:
+        """Whether prompts run from cached keys and values (decoder-only families that support it)."""
+        return self.prompted.prefix_cache is not None
 
     # ---- loading ------------------------------------------------------------------------------------------------
     def member(self, pf: PromptFile) -> Member:
-        """A prompt with its cached prefix (a forward of the prompt alone: run it on the worker thread)."""
+        """Write a prompt into a free slot of the bank and compute its cached prefix (a forward of the prompt alone:
+        run it on the worker thread)."""
         prompt = pf.prompt.to(self.backbone.device)
-        return Member(prompt, prompt_kv(self.backbone, prompt) if self.prefix_cache else None)
+        with self._bank_lock:
+            if self._free:
+                index = self._free.pop()
+            else:
+                index, self._next_slot = self._next_slot, self._next_slot + 1
+            self.prompted.bank.put(index, prompt)
+            self.prompted.warm([index])
+        member = Member(prompt, index)
+        weakref.finalize(member, self._free.append, index)
+        return member
 
     def make_task(self, name: str, files: Sequence[PromptFile], *, where: str, upload: bool = False) -> ServedTask:
         """Validate prompt files against the model and build a task (K > 1 files: an ensemble).
@@ -202,8 +235,10 @@ class Engine:
             if not self.backbone.tokenizer(word, add_special_tokens=False)["input_ids"]:
                 raise PromptFileError(f"{where}: label {label!r} has target text {word!r}, which is no tokens")
         members = tuple(self.member(pf) for pf in files)
+        label_ids = single_token_ids(self.backbone, tuple(verbalizer.values())) if verbalizer else None
         return ServedTask(name, members, template, tuple(verbalizer), tuple(verbalizer.values()), meta.task,
-                          meta.base_model, instruction)
+                          meta.base_model, instruction,
+                          label_ids=None if label_ids is None else tuple(label_ids))
 
     def task_from_bytes(self, name: str, body: bytes) -> ServedTask:
         """A one-prompt task from an uploaded safetensors body; a bad body raises :class:`PromptFileError`."""
@@ -271,18 +306,15 @@ class Engine:
         return task
 
     # ---- batched forwards ---------------------------------------------------------------------------------------
-    def _chunks(self, texts: Sequence[str]) -> list[list[int]]:
-        """Row indices grouped into forwards: sorted by token length so rows of a forward pad little (on CPU a
-        forward costs rows x longest row), cut at ``max_batch_rows`` rows or when padding would pass
-        ``PAD_SLACK`` x the real tokens."""
-        unique = sorted(set(texts))
-        ids = self.backbone.tokenizer(unique, add_special_tokens=False)["input_ids"] if unique else []
-        tokens = {t: len(i) + 1 for t, i in zip(unique, ids, strict=True)}
-        order = sorted(range(len(texts)), key=lambda i: tokens[texts[i]])
+    def _chunks(self, lengths: Sequence[int]) -> list[list[int]]:
+        """Row indices (rows of ``lengths[i]`` tokens) grouped into forwards: sorted by length so rows of a forward
+        pad little (on CPU a forward costs rows x longest row), cut at ``max_batch_rows`` rows or when padding would
+        pass ``PAD_SLACK`` x the real tokens."""
+        order = sorted(range(len(lengths)), key=lambda i: lengths[i])
         chunks: list[list[int]] = []
         real = 0
         for i in order:
-            n = tokens[texts[i]]
+            n = max(lengths[i], 1)
             cur = chunks[-1] if chunks else None
             if cur is None or len(cur) >= self.max_batch_rows or (len(cur) + 1) * n > PAD_SLACK * (real + n):
                 chunks.append([i])
@@ -292,81 +324,101 @@ class Engine:
                 real += n
         return chunks
 
-    def _scores(self, rows: Sequence[tuple[Member, str, str]]) -> list[float]:
-        """Summed log-likelihood of each (member, input, target) row."""
-        out = [0.0] * len(rows)
-        for idx in self._chunks([r[1] + r[2] for r in rows]):
+    def _input_lengths(self, texts: Sequence[str]) -> dict[str, int]:
+        unique = sorted(set(texts))
+        return dict(zip(unique, map(len, encode_inputs(self.backbone.tokenizer, unique, self.max_input_tokens)),
+                        strict=True))
+
+    def _next_scores(self, rows: Sequence[tuple[int, str, tuple[int, ...]]], lengths: dict[str, int]
+                     ) -> list[list[float]]:
+        """Log-probabilities of the one-token label ids of each (slot, input, label ids) row, all from the
+        distribution of the token after the input."""
+        out: list[list[float]] = [[] for _ in rows]
+        for idx in self._chunks([lengths[r[1]] for r in rows]):
             chunk = [rows[i] for i in idx]
-            batch = make_batch(self.backbone.tokenizer, [r[1] for r in chunk], [r[2] for r in chunk],
+            ids, mask = make_input_batch(self.backbone.tokenizer, [r[1] for r in chunk], self.max_input_tokens)
+            logp = self.prompted.next_token_logprobs(ids, mask, torch.tensor([r[0] for r in chunk])).cpu()
+            for row, (i, r) in enumerate(zip(idx, chunk, strict=True)):
+                out[i] = logp[row, list(r[2])].tolist()
+        return out
+
+    def _scores(self, rows: Sequence[tuple[int, str, str]], lengths: dict[str, int]) -> list[float]:
+        """Summed log-likelihood of each (slot, input, target) row."""
+        tok = self.backbone.tokenizer
+        words = sorted({r[2] for r in rows})
+        target_lengths = dict(zip(words, map(len, tokenize(tok, words, add_special_tokens=False)), strict=True))
+        out = [0.0] * len(rows)
+        for idx in self._chunks([lengths[r[1]] + target_lengths[r[2]] for r in rows]):
+            chunk = [rows[i] for i in idx]
+            batch = make_batch(tok, [r[1] for r in chunk], [r[2] for r in chunk],
                                encoder_decoder=self.backbone.is_encoder_decoder,
                                max_input_tokens=self.max_input_tokens)
-            if self.prefix_cache:
-                values = cached_sequence_logprob(self.backbone, [r[0].kv for r in chunk], batch)
-            else:
-                pm, index = self._prompted([r[0] for r in chunk])
-                values = pm.sequence_logprob(batch, index)
+            values = self.prompted.sequence_logprob(batch, torch.tensor([r[0] for r in chunk]))
             for i, v in zip(idx, values.float().cpu().tolist(), strict=True):
                 out[i] = v
         return out
 
-    def _generate(self, rows: Sequence[tuple[Member, str, int]]) -> list[str]:
-        """Greedy output text of each (member, input, max_new_tokens) row."""
+    def _generate(self, rows: Sequence[tuple[int, str, int]], lengths: dict[str, int]) -> list[str]:
+        """Greedy output text of each (slot, input, max_new_tokens) row (per-row limits share a forward)."""
         out = [""] * len(rows)
-        tok = self.backbone.tokenizer
-        for idx in self._chunks([r[1] for r in rows]):
+        for idx in self._chunks([lengths[r[1]] for r in rows]):
             chunk = [rows[i] for i in idx]
-            texts = [r[1] for r in chunk]
-            if self.prefix_cache:
-                ids, mask = make_input_batch(tok, texts, self.max_input_tokens)
-                new = cached_generate(self.backbone, [r[0].kv for r in chunk], ids, mask, [r[2] for r in chunk])
-                for i, t in zip(idx, tok.batch_decode(new, skip_special_tokens=True), strict=True):
-                    out[i] = t.strip()
-                continue
-            # generate() takes one max_new_tokens for the whole call: one call per distinct limit in the chunk.
-            for limit in sorted({r[2] for r in chunk}):
-                picked = [j for j, r in enumerate(chunk) if r[2] == limit]
-                pm, index = self._prompted([chunk[j][0] for j in picked])
-                gen = pm.generate([texts[j] for j in picked], index, max_new_tokens=limit,
-                                  max_input_tokens=self.max_input_tokens)
-                for j, t in zip(picked, gen, strict=True):
-                    out[idx[j]] = t
+            gen = self.prompted.generate([r[1] for r in chunk], torch.tensor([r[0] for r in chunk]),
+                                         max_new_tokens=[r[2] for r in chunk], max_input_tokens=self.max_input_tokens)
+            for i, t in zip(idx, gen, strict=True):
+                out[i] = t
         return out
 
-    def _prompted(self, members: Sequence[Member]) -> tuple[PromptedModel, Tensor]:
-        """A model over a bank of the chunk's distinct prompts, and each row's index into it."""
-        distinct: dict[int, int] = {}
-        for m in members:
-            distinct.setdefault(id(m), len(distinct))
-        prompts = {id(m): m.prompt for m in members}
-        bank = PromptBank.from_prompts([prompts[k] for k in distinct])
-        return PromptedModel(self.backbone, bank), torch.tensor([distinct[id(m)] for m in members])
+    def _check_context(self, job: Job, formatted: Sequence[str], lengths: dict[str, int]) -> bool:
+        """False (and ``job.error`` set) when an input has nothing to predict from: its job alone fails (422)."""
+        n = len(job.task.members)
+        ok = self.prompted.has_context(torch.tensor([lengths[t] for t in formatted for _ in range(n)]),
+                                       torch.tensor([m.index for _ in formatted for m in job.task.members]))
+        bad = sorted({r // n for r in torch.nonzero(~ok).flatten().tolist()})
+        if bad:
+            job.error = NoContextError(bad, [job.inputs[i] for i in bad])
+        return not bad
 
     @torch.no_grad()
     def run(self, jobs: Sequence[Job]) -> None:
-        """Answer every job, filling ``job.result``: all classification rows of all jobs share forwards, and so do
-        all generation rows."""
-        cls_rows: list[tuple[Member, str, str]] = []
-        gen_rows: list[tuple[Member, str, int]] = []
-        for job in jobs:
-            for i, text in enumerate(job.inputs):
-                formatted = job.task.format(text)
+        """Answer every job, filling ``job.result`` (or ``job.error`` for a job with an input that has nothing to
+        predict from): all classification rows of all jobs share forwards, and so do all generation rows."""
+        with self._bank_lock:
+            self._run(jobs)
+
+    def _run(self, jobs: Sequence[Job]) -> None:
+        formatted = {id(job): [job.task.format(t) for t in job.inputs] for job in jobs}
+        lengths = self._input_lengths([t for texts in formatted.values() for t in texts])
+        live = [job for job in jobs if self._check_context(job, formatted[id(job)], lengths)]
+        next_rows: list[tuple[int, str, tuple[int, ...]]] = []
+        seq_rows: list[tuple[int, str, str]] = []
+        gen_rows: list[tuple[int, str, int]] = []
+        for job in live:
+            for i, text in enumerate(formatted[id(job)]):
                 for m in job.task.members:
-                    if job.kind == "classify":
-                        cls_rows += [(m, formatted, w) for w in job.targets(i)[1]]
+                    if job.kind == "generate":
+                        gen_rows.append((m.index, text, job.max_new_tokens))
+                    elif job.label_ids() is not None:
+                        next_rows.append((m.index, text, job.task.label_ids))
                     else:
-                        gen_rows.append((m, formatted, job.max_new_tokens))
-        scores = self._scores(cls_rows) if cls_rows else []
-        texts = self._generate(gen_rows) if gen_rows else []
-        si = gi = 0
-        for job in jobs:
+                        seq_rows += [(m.index, text, w) for w in job.targets(i)[1]]
+        next_scores = self._next_scores(next_rows, lengths) if next_rows else []
+        seq_scores = self._scores(seq_rows, lengths) if seq_rows else []
+        texts = self._generate(gen_rows, lengths) if gen_rows else []
+        ni = si = gi = 0
+        for job in live:
             n = len(job.task.members)
             job.result = []
             for i, text in enumerate(job.inputs):
                 if job.kind == "classify":
                     labels, words = job.targets(i)
                     k = len(words)
-                    per_member = [scores[si + j * k: si + (j + 1) * k] for j in range(n)]
-                    si += n * k
+                    if job.label_ids() is not None:
+                        per_member = next_scores[ni:ni + n]
+                        ni += n
+                    else:
+                        per_member = [seq_scores[si + j * k: si + (j + 1) * k] for j in range(n)]
+                        si += n * k
                     member_scores = torch.tensor(per_member).unsqueeze(1)  # [N, 1, K]
                     votes = [labels[int(j)] for j in member_scores.argmax(dim=-1)[:, 0]]
                     # The library's vote (ties: higher mean probability, then lower label index): the server and
