@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -40,30 +39,17 @@ def largest_jump(losses: list[float]) -> float:
     return jump
 
 
-def git_revision() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
-                             text=True, check=True)
-        return out.stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
-
-
-def load_average() -> list[float]:
-    return [round(x, 2) for x in os.getloadavg()]
-
-
 def run_cell(model: str, p: int, args: argparse.Namespace, backbone: Any, task: Any, train: list) -> dict:
     import torch
 
-    from softprompt.experiment import machine, versions
+    from softprompt.provenance import provenance
     from softprompt.trainer import TrainConfig, resolve_lr, train_prompt
 
     lr: float | str = args.lr if args.lr == "auto" else float(args.lr)
     config = TrainConfig(steps=args.steps, batch_size=args.batch_size, prompt_length=p, init=args.init, lr=lr,
                          seed=args.seed, eval_every=0, max_input_tokens=128, save_every=10)
     out = WORK / f"{model}_P{p}_{args.label}.safetensors"
-    load_before = load_average()
+    load_before = [round(x, 2) for x in os.getloadavg()]
     t0 = time.perf_counter()
     torch.manual_seed(args.seed)
     train_prompt(backbone, task, train, config, out, resume=True, progress=not args.no_progress)
@@ -77,8 +63,7 @@ def run_cell(model: str, p: int, args: argparse.Namespace, backbone: Any, task: 
         "losses": [round(x, 5) for x in losses], "largest_jump": round(largest_jump(losses), 5),
         "first_loss": losses[0], "last10_mean_loss": sum(losses[-10:]) / len(losses[-10:]),
         "seconds": round(seconds, 1), "seconds_per_step": round(seconds / max(1, len(losses)), 3),
-        "load_average_before": load_before, "load_average_after": load_average(),
-        "versions": versions(), "machine": machine(), "git_revision": git_revision(),
+        "load_average_before": load_before, **provenance(),
     }
 
 

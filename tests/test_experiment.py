@@ -78,7 +78,7 @@ def test_sweep_runs_resumes_and_reports(sweep_dir: Path, tmp_path: Path, capsys:
     first = run_experiment(config, log=lambda _: None)
     assert len(first.ran) == 24 and not first.skipped
     record = json.loads((config.out_dir / "cells" / f"{first.ran[0]}.json").read_text())
-    for key in ("cell", "model", "metrics", "score", "seconds", "trainable_params", "versions", "config"):
+    for key in ("cell", "model", "metrics", "score", "seconds", "trainable_params", "versions", "config", "git"):
         assert key in record, key
     assert record["selection"] == {}  # the grid default (eval_every 0): nothing selected, the last step kept
     by_method = {}
@@ -248,3 +248,12 @@ def test_results_page_marks_scores_selected_on_the_split_they_report() -> None:
     assert selection_kind(cell(selection={})) == selection_kind(cell("prompt-design")) == "none"
     line = selection_line([old_dev, cell()])
     assert "marked †" in line and "1 of 2" in line
+
+
+def test_provenance_names_the_code_revision() -> None:
+    from softprompt.provenance import provenance
+
+    record = provenance()
+    assert {"versions", "machine", "load_average", "git"} <= set(record)
+    if (Path(__file__).resolve().parents[1] / ".git").exists():  # a checkout (CI clones one): the commit is known
+        assert len(record["git"]["commit"]) == 40 and isinstance(record["git"]["dirty"], bool)

@@ -17,7 +17,6 @@ source copied from another grid (``reuse``) brings its prompt file along.
 from __future__ import annotations
 
 import json
-import platform
 import shutil
 import sys
 import time
@@ -38,25 +37,12 @@ from softprompt.model_tuning import ModelTuneConfig, tune_model
 from softprompt.prompt_design import design_prompt
 from softprompt.prompted import PromptedModel
 from softprompt.promptfile import atomic_write
+from softprompt.provenance import provenance
 from softprompt.tasks import Example, Task, get_task
 from softprompt.tasks.selection import SelectionSplit, selection_split
 from softprompt.trainer import TrainConfig, train_prompt
 
 __all__ = ["RunSummary", "load_cells", "reusable", "run_cell", "run_experiment"]
-
-
-def versions() -> dict[str, str]:
-    import transformers
-
-    from softprompt import __version__
-
-    return {"softprompt": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
-            "python": platform.python_version()}
-
-
-def machine() -> dict[str, Any]:
-    return {"platform": platform.platform(), "processor": platform.machine(), "threads": torch.get_num_threads(),
-            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 
 @dataclass
@@ -233,8 +219,7 @@ def run_cell(config: ExperimentConfig, cell: Cell, backbone: Backbone, data: _Da
         "seconds": round(time.perf_counter() - t0, 2),
         "train_seconds": round(train_seconds, 2),
         **extra,
-        "versions": versions(),
-        "machine": machine(),
+        **provenance(),
         "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
 
