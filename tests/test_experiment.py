@@ -257,3 +257,30 @@ def test_provenance_names_the_code_revision() -> None:
     assert {"versions", "machine", "load_average", "git"} <= set(record)
     if (Path(__file__).resolve().parents[1] / ".git").exists():  # a checkout (CI clones one): the commit is known
         assert len(record["git"]["commit"]) == 40 and isinstance(record["git"]["dirty"], bool)
+
+
+def not_installed(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, name: str) -> None:
+    """``name`` as on a fresh machine: an empty cache, and none of its carrying packages importable."""
+    from dataclasses import replace
+
+    from softprompt import models
+
+    monkeypatch.setenv("SOFTPROMPT_CACHE", str(tmp_path / "empty-cache"))
+    absent = replace(models.BUILTIN_MODELS[name], chunks=(("softprompt_no_such_chunk_pkg", "data/*"),))
+    monkeypatch.setitem(models.BUILTIN_MODELS, name, absent)
+
+
+def test_dry_run_lists_cells_of_models_not_installed_yet(sweep_dir: Path, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    not_installed(monkeypatch, tmp_path, "gemma3-270m")
+    config = grid(sweep_dir, name="fresh", models=["gemma3-270m"], pairs=[], methods=["prompt-design"], shots=[0])
+    path = write_config(tmp_path / "fresh.yaml", config)
+    assert main(["experiment", str(path), "--dry-run"]) == 0
+    out = capsys.readouterr()
+    assert out.out.split() == ["gemma3-270m__prompt-design__toy_a__k0"]
+    notes = out.err.strip().splitlines()
+    assert len(notes) == 1 and "not installed yet: gemma3-270m" in notes[0] and "error" not in out.err
+    monkeypatch.setenv("SOFTPROMPT_NO_INSTALL", "1")
+    assert main(["experiment", str(path)]) == 2  # a real run still checks, before anything loads
+    assert "not installed" in capsys.readouterr().err

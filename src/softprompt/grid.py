@@ -311,12 +311,19 @@ def needed_files(config: ExperimentConfig) -> list[tuple[str, str, Path]]:
     return [(t, s, get_task(t).split_path(s, data_dir)) for t, s in sorted(need)]
 
 
-def preflight(config: ExperimentConfig) -> None:
-    """What :func:`load_config` leaves out because it touches the disk: data files and installed models."""
+def missing_models(config: ExperimentConfig) -> list[str]:
+    """The grid's built-in models that are not installed yet."""
+    return [m for m in config.models if m in BUILTIN_MODELS and not is_installed(m)]
+
+
+def preflight(config: ExperimentConfig, *, check_models: bool = True) -> None:
+    """What :func:`load_config` leaves out because it touches the disk: data files and installed models.
+
+    ``check_models=False`` (a dry run) checks the data files only: listing a grid's cells needs no model."""
     for task, split, path in needed_files(config):
         if not path.is_file():
             raise TaskDataError(f"task {task!r}, split {split!r}: data file not found: {path}")
-    missing = [m for m in config.models if m in BUILTIN_MODELS and not is_installed(m)]
+    missing = missing_models(config) if check_models else []
     if missing:
         raise ConfigError(f"built-in model(s) not installed: {missing}; run: softprompt models install "
                           f"{' '.join(missing)}")

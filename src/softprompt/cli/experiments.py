@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from softprompt.cli.common import emit
 from softprompt.experiment import run_experiment
-from softprompt.grid import cells, load_config, preflight
+from softprompt.grid import cells, load_config, missing_models, preflight
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -16,7 +17,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("config", type=Path, help="experiment config (.yaml), see configs/")
     p.add_argument("--report", action="store_true", help="only write the report from the finished cells")
     p.add_argument("--report-dir", type=Path, default=None, help="report folder (default: the config's)")
-    p.add_argument("--dry-run", action="store_true", help="validate and list the cells; train nothing")
+    p.add_argument("--dry-run", action="store_true",
+                   help="validate and list the cells (models need not be installed); train nothing")
     p.add_argument("--progress", action="store_true", help="per-step progress bars")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=run)
@@ -27,9 +29,13 @@ def run(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
     if args.dry_run:
-        preflight(config)
+        preflight(config, check_models=False)
         for c in cells(config):
             print(c.id)
+        missing = missing_models(config)
+        if missing:  # a note on stderr: stdout stays one cell id a line
+            print(f"softprompt experiment: not installed yet: {' '.join(missing)} (a run needs them; "
+                  f"softprompt models install {' '.join(missing)})", file=sys.stderr)
         return 0
     if not args.report:
         summary = run_experiment(config, progress=args.progress)
