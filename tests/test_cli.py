@@ -208,3 +208,40 @@ def test_models_marks_the_default_once_and_ends_quietly_on_a_closed_pipe(capsys,
     monkeypatch.setattr(sys, "stdout", ClosedPipe())
     assert main(["models"]) == 1
     assert capsys.readouterr().err == ""  # no "failed: BrokenPipeError"
+
+
+def test_inspect_summarises_by_default_and_keeps_the_full_json(tmp_path: Path, tiny_dirs: dict[str, Path],
+                                                               capsys) -> None:
+    import torch
+
+    from softprompt.backbone import load_backbone
+    from softprompt.promptfile import PromptMeta, save_prompt
+
+    bb = load_backbone(str(tiny_dirs["gpt2"]))
+    path = str(tmp_path / "p.safetensors")
+    selection = {"split": "train", "size": 32, "seed": 7, "limit": None, "examples": 32}
+    meta = PromptMeta.for_backbone(bb, 3, task="toy", init="class-label", template="{text} ->",
+                                   verbalizer={"0": " bad", "1": " good"}, selection=selection,
+                                   train_config={"lr": "auto", "steps": 40, "eval_every": 10},
+                                   metrics={"steps": 40, "lr": 0.0123456, "best_selection_accuracy": 0.6875,
+                                            "best_step": 30})
+    prompt = torch.ones(3, bb.hidden_size)
+    save_prompt(path, prompt, meta)
+
+    code, stdout, _ = run(capsys, "inspect", path)
+    lines = stdout.rstrip("\n").splitlines()
+    assert code == 0 and not stdout.lstrip().startswith("{")
+    rows = {line[:10].strip(): line[12:] for line in lines}  # labels padded to one column
+    assert len({line.index(value) for line, value in zip(lines, rows.values(), strict=True)}) == 1  # aligned
+    assert rows["model"] == str(tiny_dirs["gpt2"]) and rows["model type"] == "gpt2" and rows["dtype"] == "float32"
+    assert rows["task"] == "toy" and rows["P × H"] == f"3 × {bb.hidden_size}" and rows["init"] == "class-label"
+    assert rows["lr"] == "0.01235 (auto)" and rows["steps"] == "40"
+    assert rows["selection"] == "train slice, 32 examples (seed 7)"
+    assert rows["best"] == "accuracy 0.6875 (step 30)"
+    assert rows["template"] == "'{text} ->'" and rows["format"] == "softprompt version 2"
+
+    code, stdout, _ = run(capsys, "inspect", path, "--json")
+    expected = {"file": path, **meta.to_json(), "prompt_norm_mean": round(float(prompt.norm(dim=-1).mean()), 4)}
+    for key in ("model_probe", "model_magnitude"):
+        expected[key] = f"{len(expected[key])} sums"
+    assert code == 0 and stdout == json.dumps(expected, sort_keys=True) + "\n"  # unchanged: one compact line

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from softprompt.cli.common import UsageError, emit
+from softprompt.tasks.selection import selected_on
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("inspect", help="show a prompt file's metadata (exit 2 on a bad file); --neighbors K: "
                                        "nearest vocabulary tokens of each prompt position")
     p.add_argument("file", help="prompt file (.safetensors)")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="the full metadata as one JSON line")
     p.add_argument("--neighbors", type=int, default=None, metavar="K",
                    help="print the top-K vocabulary tokens (cosine similarity) of every prompt position")
     p.add_argument("--model", default=None, help="model whose vocabulary to search (default: the prompt's base "
@@ -40,8 +42,45 @@ def run(args: argparse.Namespace) -> int:
         if key in meta:
             meta[key] = f"{len(meta[key])} sums"
     meta["prompt_norm_mean"] = round(float(pf.prompt.norm(dim=-1).mean()), 4) if pf.prompt.numel() else 0.0
-    emit({"file": args.file, **meta}, args.json)
+    if args.json:
+        emit({"file": args.file, **meta}, True)
+    else:
+        for line in summary(args.file, meta):
+            print(line)
     return 0
+
+
+def _number(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def summary(path: str, meta: dict[str, Any]) -> list[str]:
+    """A few aligned ``label  value`` lines a reader takes in at a glance; ``meta`` as ``inspect --json`` has it."""
+    config, metrics, selection = meta.get("train_config") or {}, meta.get("metrics") or {}, meta.get("selection") or {}
+    lr = metrics.get("lr", config.get("lr", "?"))
+    lr_text = _number(lr) + (" (auto)" if config.get("lr") == "auto" and lr != "auto" else "")
+    split = selected_on(selection, metrics, config)
+    if selection:
+        where = f"{split} slice, {selection.get('examples', selection.get('size', '?'))} examples (seed " \
+                f"{selection.get('seed', '?')})"
+    elif split is not None:
+        where = f"{split}, its first examples (the file predates held-out selection)"
+    else:
+        where = "none (the last step was kept)"
+    best = [(k, v) for k, v in metrics.items() if k.startswith(("best_selection_", "best_val_"))]
+    best_text = ", ".join(f"{k.split('_', 2)[2]} {_number(v)}" for k, v in best)
+    if best and "best_step" in metrics:
+        best_text += f" (step {metrics['best_step']})"
+    rows = [("file", path), ("model", meta.get("base_model", "")), ("model type", meta.get("model_type", "")),
+            ("dtype", meta.get("dtype") or "not recorded"), ("task", meta.get("task") or "not recorded"),
+            ("P × H", f"{meta.get('prompt_length')} × {meta.get('hidden_size')}"),
+            ("init", meta.get("init") or "not recorded"), ("lr", lr_text),
+            ("steps", _number(metrics.get("steps", config.get("steps", "?")))), ("selection", where),
+            ("best", best_text or "none"),
+            ("template", repr(meta["template"]) if meta.get("template") else "not recorded"),
+            ("format", f"softprompt version {meta.get('format_version')}")]
+    width = max(len(label) for label, _ in rows)
+    return [f"{label:<{width}}  {value}" for label, value in rows]
 
 
 def run_neighbors(args: argparse.Namespace) -> int:
