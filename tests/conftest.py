@@ -10,6 +10,7 @@ import torch
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ["SOFTPROMPT_NO_INSTALL"] = "1"  # a test never downloads a model (the install tests unset it)
 
 from softprompt.backbone import Backbone, make_backbone
 from softprompt.tiny import FAMILIES, save_tiny, tiny_model
