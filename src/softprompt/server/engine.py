@@ -228,8 +228,7 @@ class Engine:
         for other in files[1:]:
             if dict(other.meta.verbalizer or verbalizer) != verbalizer:
                 raise PromptFileError(f"{where}: ensemble members disagree on the verbalizer")
-            if (getattr(other.meta, "template", "") or "", getattr(other.meta, "instruction", "") or "") != (
-                    own_template, instruction):
+            if (other.meta.template, other.meta.instruction) != (own_template, instruction):
                 raise PromptFileError(f"{where}: ensemble members disagree on the template or instruction")
         for label, word in verbalizer.items():
             if not self.backbone.tokenizer(word, add_special_tokens=False)["input_ids"]:
