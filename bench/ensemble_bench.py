@@ -30,14 +30,14 @@ import torch
 import transformers
 
 from softprompt import __version__
-from softprompt.backbone import load_backbone
-from softprompt.bank import PromptBank
-from softprompt.batching import encode_inputs
-from softprompt.ensemble import Ensemble
-from softprompt.evaluate import score_choices, single_token_choices
-from softprompt.init import init_prompt
-from softprompt.prompted import PromptedModel
+from softprompt.core.backbone import load_backbone
+from softprompt.core.bank import PromptBank
+from softprompt.core.prompted import PromptedModel
+from softprompt.core.tokenize import encode_inputs
+from softprompt.evaluation.ensemble import Ensemble
+from softprompt.evaluation.scoring import score_choices, single_token_choices
 from softprompt.tasks import get_task
+from softprompt.training.initializers import init_prompt
 
 ROOT = Path(__file__).resolve().parent
 

@@ -42,8 +42,8 @@ def largest_jump(losses: list[float]) -> float:
 def run_cell(model: str, p: int, args: argparse.Namespace, backbone: Any, task: Any, train: list) -> dict:
     import torch
 
-    from softprompt.provenance import provenance
-    from softprompt.trainer import TrainConfig, resolve_lr, train_prompt
+    from softprompt.experiments.provenance import provenance
+    from softprompt.training.loop import TrainConfig, resolve_lr, train_prompt
 
     lr: float | str = args.lr if args.lr == "auto" else float(args.lr)
     config = TrainConfig(steps=args.steps, batch_size=args.batch_size, prompt_length=p, init=args.init, lr=lr,
@@ -126,8 +126,8 @@ def main() -> int:
     if not args.summary_only:
         import torch
 
-        from softprompt.backbone import load_backbone
-        from softprompt.promptfile import atomic_write
+        from softprompt.core.backbone import load_backbone
+        from softprompt.core.files import atomic_write
         from softprompt.tasks import get_task
 
         torch.set_num_threads(args.threads)

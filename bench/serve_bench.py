@@ -32,16 +32,16 @@ from pathlib import Path
 import httpx
 import torch
 
-from softprompt.backbone import Backbone, load_backbone
-from softprompt.bank import PromptBank
 from softprompt.cli.evaluation import no_prompt, prompted_from_file
-from softprompt.evaluate import evaluate
-from softprompt.init import sampled_vocab
-from softprompt.prompted import PromptedModel
-from softprompt.promptfile import PromptFile, PromptMeta, save_prompt
+from softprompt.core.backbone import Backbone, load_backbone
+from softprompt.core.bank import PromptBank
+from softprompt.core.prompted import PromptedModel
+from softprompt.core.promptfile import PromptFile, PromptMeta, save_prompt
+from softprompt.evaluation.scoring import evaluate
 from softprompt.server.engine import Engine, Job
 from softprompt.tasks import get_task
 from softprompt.tasks.base import resolve_data_dir
+from softprompt.training.initializers import sampled_vocab
 
 ROOT = Path(__file__).resolve().parents[1]
 VERBALIZER = {"0": " negative", "1": " positive"}

@@ -67,10 +67,10 @@ def setup(args: argparse.Namespace) -> dict:
     import torch
 
     torch.set_num_threads(args.threads)
-    from softprompt.backbone import load_backbone
-    from softprompt.batching import Batch
-    from softprompt.init import init_prompt
-    from softprompt.splice import IGNORE_INDEX
+    from softprompt.core.backbone import load_backbone
+    from softprompt.core.splice import IGNORE_INDEX
+    from softprompt.core.tokenize import Batch
+    from softprompt.training.initializers import init_prompt
 
     t0 = time.perf_counter()
     bb = load_backbone(args.model)
@@ -90,9 +90,9 @@ def build(method: str, d: dict, prompt_length: int) -> tuple[list, Callable]:
     """(trainable parameters, loss function) of one method on the loaded model."""
     import torch
 
-    from softprompt.bank import PromptBank
-    from softprompt.prompted import PromptedModel
-    from softprompt.splice import IGNORE_INDEX
+    from softprompt.core.bank import PromptBank
+    from softprompt.core.prompted import PromptedModel
+    from softprompt.core.splice import IGNORE_INDEX
 
     bb, ids, mask, labels = d["bb"], d["ids"], d["mask"], d["labels"]
     model = bb.model

@@ -147,8 +147,8 @@ def main() -> int:
         "[--report nb.png|nb.html]",
         "```",
         "",
-        "Library: `softprompt.ensemble.Ensemble(backbone, [files or [P, H] tensors]).evaluate(task, examples)`; "
-        "`softprompt.neighbors.nearest_tokens(prompt, backbone.embedding_matrix(), tokenizer, k)`.",
+        "Library: `softprompt.Ensemble(backbone, [files or [P, H] tensors]).evaluate(task, examples)`; "
+        "`softprompt.evaluation.neighbors.nearest_tokens(prompt, backbone.embedding_matrix(), tokenizer, k)`.",
         "",
         "## How the ensemble runs",
         "",

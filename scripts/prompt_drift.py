@@ -13,10 +13,10 @@ import json
 import torch
 import torch.nn.functional as F
 
-from softprompt.backbone import load_backbone
-from softprompt.init import init_prompt
-from softprompt.neighbors import nearest_tokens
-from softprompt.promptfile import check_compatible, load_prompt
+from softprompt.core.backbone import load_backbone
+from softprompt.core.promptfile import check_compatible, load_prompt
+from softprompt.evaluation.neighbors import nearest_tokens
+from softprompt.training.initializers import init_prompt
 
 
 def main() -> int:

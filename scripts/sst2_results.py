@@ -22,14 +22,14 @@ from pathlib import Path
 import torch
 import transformers
 
-from softprompt.backbone import load_backbone
-from softprompt.bank import PromptBank
-from softprompt.evaluate import evaluate
-from softprompt.models import DEFAULT_MODEL, install
-from softprompt.prompted import PromptedModel
+from softprompt.core.backbone import load_backbone
+from softprompt.core.bank import PromptBank
+from softprompt.core.builtin_models import DEFAULT_MODEL, install
+from softprompt.core.prompted import PromptedModel
+from softprompt.evaluation.scoring import evaluate
 from softprompt.tasks import get_task
 from softprompt.tasks.selection import selection_split
-from softprompt.trainer import TrainConfig, train_prompt
+from softprompt.training.loop import TrainConfig, train_prompt
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -15,13 +15,13 @@ import httpx
 import torch
 from safetensors.torch import save_file
 
-from softprompt.backbone import Backbone, make_backbone
-from softprompt.bank import PromptBank
-from softprompt.evaluate import score_choices
-from softprompt.prompted import PromptedModel
-from softprompt.promptfile import PromptMeta, save_prompt
+from softprompt.core.backbone import Backbone, make_backbone
+from softprompt.core.bank import PromptBank
+from softprompt.core.prompted import PromptedModel
+from softprompt.core.promptfile import PromptMeta, save_prompt
+from softprompt.core.tiny import tiny_model
+from softprompt.evaluation.scoring import score_choices
 from softprompt.tasks import Example
-from softprompt.tiny import tiny_model
 
 VERBALIZER = {"neg": " no", "pos": " yes", "mid": " maybe"}
 TEXTS = ["hello there", "a much longer input text, with commas", "x", "the film was fine", "", "ok?",

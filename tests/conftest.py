@@ -12,8 +12,8 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ["SOFTPROMPT_NO_INSTALL"] = "1"  # a test never downloads a model (the install tests unset it)
 
-from softprompt.backbone import Backbone, make_backbone
-from softprompt.tiny import FAMILIES, save_tiny, tiny_model
+from softprompt.core.backbone import Backbone, make_backbone
+from softprompt.core.tiny import FAMILIES, save_tiny, tiny_model
 
 # The real data sets live beside the repository (see README); tests that need them skip when it is absent.
 DATA_DIR = Path(os.environ.get("SOFTPROMPT_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data"))

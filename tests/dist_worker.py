@@ -13,11 +13,11 @@ import torch
 os.environ["HF_HUB_OFFLINE"] = "1"
 torch.set_num_threads(1)
 
-from softprompt.backbone import Backbone, make_backbone  # noqa: E402
-from softprompt.distributed import DistContext, shard_backbone  # noqa: E402
+from softprompt.core.backbone import Backbone, make_backbone  # noqa: E402
+from softprompt.core.tiny import tiny_model  # noqa: E402
 from softprompt.tasks.base import Example, Task  # noqa: E402
-from softprompt.tiny import tiny_model  # noqa: E402
-from softprompt.trainer import TrainConfig, train_prompt  # noqa: E402
+from softprompt.training.distributed import DistContext, shard_backbone  # noqa: E402
+from softprompt.training.loop import TrainConfig, train_prompt  # noqa: E402
 
 
 class ToyTask(Task):

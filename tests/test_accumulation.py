@@ -12,11 +12,11 @@ import pytest
 import torch
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
-from softprompt.model_tuning import ModelTuneConfig, tune_model
+from softprompt.experiments.baselines.model_tuning import ModelTuneConfig, tune_model
 from softprompt.tasks import FileTask, FileTaskSpec
 from softprompt.tasks.base import Example, Task
 from softprompt.tasks.superglue import COPA
-from softprompt.trainer import TrainConfig, batch_indices, initial_prompt, train_prompt
+from softprompt.training.loop import TrainConfig, batch_indices, initial_prompt, train_prompt
 from tests.conftest import tiny_backbone
 
 MakeTask = Callable[[Path], tuple[Task, list[Example]]]

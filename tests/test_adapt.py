@@ -8,10 +8,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from softprompt.adapt import AdaptConfig, NotEncoderDecoderError, adapt_lm, prefix_lm_batch, text_chunks
-from softprompt.backbone import load_backbone
 from softprompt.cli import main
-from softprompt.splice import IGNORE_INDEX
+from softprompt.core.backbone import load_backbone
+from softprompt.core.splice import IGNORE_INDEX
+from softprompt.experiments.baselines.lm_adaptation import (
+    AdaptConfig,
+    NotEncoderDecoderError,
+    adapt_lm,
+    prefix_lm_batch,
+    text_chunks,
+)
 from tests.conftest import tiny_backbone
 
 TEXT = "the cat sat on the mat. " * 40

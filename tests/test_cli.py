@@ -65,9 +65,9 @@ def test_prompt_of_other_weights_needs_allow_other_model(command: str, tmp_path:
                                                           tiny_dirs: dict[str, Path], capsys) -> None:
     import torch
 
-    from softprompt.backbone import load_backbone
-    from softprompt.promptfile import PromptMeta, save_prompt
-    from softprompt.tiny import save_tiny
+    from softprompt.core.backbone import load_backbone
+    from softprompt.core.promptfile import PromptMeta, save_prompt
+    from softprompt.core.tiny import save_tiny
 
     other = str(save_tiny("gpt2", tmp_path / "other", seed=1))  # the shapes of tiny_dirs["gpt2"], other weights
     bb = load_backbone(str(tiny_dirs["gpt2"]))
@@ -143,7 +143,7 @@ def test_models_list(capsys) -> None:
 
 def test_selection_is_held_out_from_train_recorded_and_never_reported_as_validation(
         tmp_path: Path, tiny_dirs: dict[str, Path], data_dir: Path, capsys) -> None:
-    from softprompt.promptfile import load_prompt, save_prompt
+    from softprompt.core.promptfile import load_prompt, save_prompt
     from softprompt.tasks.selection import SELECTION_SEED
 
     model = str(tiny_dirs["gpt2"])
@@ -214,8 +214,8 @@ def test_inspect_summarises_by_default_and_keeps_the_full_json(tmp_path: Path, t
                                                                capsys) -> None:
     import torch
 
-    from softprompt.backbone import load_backbone
-    from softprompt.promptfile import PromptMeta, save_prompt
+    from softprompt.core.backbone import load_backbone
+    from softprompt.core.promptfile import PromptMeta, save_prompt
 
     bb = load_backbone(str(tiny_dirs["gpt2"]))
     path = str(tmp_path / "p.safetensors")

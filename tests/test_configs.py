@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from softprompt.configfile import build
-from softprompt.grid import ExperimentConfig, TaskPair, cells, load_config, task_names, validate
+from softprompt.experiments.configfile import build
+from softprompt.experiments.grid import ExperimentConfig, TaskPair, cells, load_config, task_names, validate
 from softprompt.tasks import TASKS
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))

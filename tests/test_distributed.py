@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from softprompt.distributed import DistContext
-from softprompt.promptfile import check_compatible, load_prompt
-from softprompt.trainer import initial_prompt, train_prompt
+from softprompt.core.promptfile import check_compatible, load_prompt
+from softprompt.training.distributed import DistContext
+from softprompt.training.loop import initial_prompt, train_prompt
 from tests.dist_worker import ToyTask, config, toy_backbone, toy_examples
 
 SRC = Path(__file__).resolve().parents[1] / "src"

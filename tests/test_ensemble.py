@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from softprompt.bank import PromptBank
 from softprompt.cli import main
-from softprompt.ensemble import Ensemble, majority_vote, mean_probability, vote_strings
-from softprompt.evaluate import score_choices, single_token_choices
-from softprompt.prompted import PromptedModel
-from softprompt.promptfile import PromptFileError, PromptMeta, save_prompt
+from softprompt.core.bank import PromptBank
+from softprompt.core.prompted import PromptedModel
+from softprompt.core.promptfile import PromptFileError, PromptMeta, save_prompt
+from softprompt.evaluation.ensemble import Ensemble, majority_vote, mean_probability, vote_strings
+from softprompt.evaluation.scoring import score_choices, single_token_choices
 from softprompt.tasks import Example, FileTask, FileTaskSpec, get_task
 from tests.conftest import tiny_backbone
 

@@ -9,17 +9,17 @@ import pytest
 import torch
 import yaml
 
-from softprompt.backbone import load_backbone
 from softprompt.cli import main
-from softprompt.configfile import ConfigError
-from softprompt.experiment import cell_path, method_settings, prompt_path, run_experiment
-from softprompt.grid import cells, load_config, source_cell
-from softprompt.promptfile import load_prompt
-from softprompt.report import write_report
+from softprompt.core.backbone import load_backbone
+from softprompt.core.promptfile import load_prompt
+from softprompt.core.tiny import save_tiny
+from softprompt.experiments.configfile import ConfigError
+from softprompt.experiments.grid import cells, load_config, source_cell
+from softprompt.experiments.report import write_report
+from softprompt.experiments.runner import cell_path, method_settings, prompt_path, run_experiment
 from softprompt.tasks import get_task
 from softprompt.tasks.selection import SELECTION_SEED
-from softprompt.tiny import save_tiny
-from softprompt.trainer import initial_prompt
+from softprompt.training.loop import initial_prompt
 from tests.toytask import write_task
 
 
@@ -148,7 +148,7 @@ def test_cli_rerun_trains_nothing(sweep_dir: Path, tmp_path: Path, capsys: pytes
 ])
 def test_bad_config_fails_before_training(sweep_dir: Path, tmp_path: Path, override: dict, message: str,
                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    import softprompt.experiment as experiment
+    import softprompt.experiments.runner as experiment
 
     def no_training(*args: object, **kwargs: object) -> None:
         raise AssertionError("training started")
@@ -251,7 +251,7 @@ def test_results_page_marks_scores_selected_on_the_split_they_report() -> None:
 
 
 def test_provenance_names_the_code_revision() -> None:
-    from softprompt.provenance import provenance
+    from softprompt.experiments.provenance import provenance
 
     record = provenance()
     assert {"versions", "machine", "load_average", "git"} <= set(record)
@@ -263,7 +263,7 @@ def not_installed(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, name: str) ->
     """``name`` as on a fresh machine: an empty cache, and none of its carrying packages importable."""
     from dataclasses import replace
 
-    from softprompt import models
+    from softprompt.core import builtin_models as models
 
     monkeypatch.setenv("SOFTPROMPT_CACHE", str(tmp_path / "empty-cache"))
     absent = replace(models.BUILTIN_MODELS[name], chunks=(("softprompt_no_such_chunk_pkg", "data/*"),))
@@ -285,8 +285,8 @@ def test_dry_run_lists_cells_of_models_not_installed_yet(sweep_dir: Path, tmp_pa
     assert main(["experiment", str(path)]) == 2  # a real run still checks, before anything loads
     assert "not installed" in capsys.readouterr().err
     # Without SOFTPROMPT_NO_INSTALL a real run installs them first (here a fake install: nothing is downloaded).
-    from softprompt import models
-    from softprompt.grid import preflight
+    from softprompt.core import builtin_models as models
+    from softprompt.experiments.grid import preflight
 
     monkeypatch.delenv("SOFTPROMPT_NO_INSTALL")
     calls: list[str] = []

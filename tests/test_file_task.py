@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from softprompt.backbone import load_backbone
+from softprompt.core.backbone import load_backbone
 from softprompt.tasks import FileTask, FileTaskSpec, TaskDataError, get_task, resolve_data_dir
 from softprompt.tasks.selection import selection_split
 

@@ -7,9 +7,9 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from softprompt.backbone import make_backbone
-from softprompt.init import TOP_VOCAB, common_token_ids, init_prompt, sampled_vocab, word_embedding
-from softprompt.promptfile import PromptFileError, PromptMeta, save_prompt
+from softprompt.core.backbone import make_backbone
+from softprompt.core.promptfile import PromptFileError, PromptMeta, save_prompt
+from softprompt.training.initializers import TOP_VOCAB, common_token_ids, init_prompt, sampled_vocab, word_embedding
 
 
 @pytest.fixture

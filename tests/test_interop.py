@@ -11,13 +11,13 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from softprompt.backbone import Backbone, load_backbone, make_backbone
-from softprompt.bank import PromptBank
 from softprompt.cli import main
-from softprompt.interop import PEFT_CONFIG, PEFT_KEY, PEFT_WEIGHTS, export_peft, read_peft
-from softprompt.prompted import PromptedModel
-from softprompt.promptfile import PromptFile, PromptMeta, load_prompt, save_prompt
-from softprompt.tiny import tiny_model
+from softprompt.core.backbone import Backbone, load_backbone, make_backbone
+from softprompt.core.bank import PromptBank
+from softprompt.core.peft_interop import PEFT_CONFIG, PEFT_KEY, PEFT_WEIGHTS, export_peft, read_peft
+from softprompt.core.prompted import PromptedModel
+from softprompt.core.promptfile import PromptFile, PromptMeta, load_prompt, save_prompt
+from softprompt.core.tiny import tiny_model
 
 peft = pytest.importorskip("peft")
 P = 5

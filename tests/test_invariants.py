@@ -6,9 +6,9 @@ import hashlib
 
 import torch
 
-from softprompt.bank import PromptBank
-from softprompt.batching import Batch, make_batch
-from softprompt.prompted import PromptedModel
+from softprompt.core.bank import PromptBank
+from softprompt.core.prompted import PromptedModel
+from softprompt.core.tokenize import Batch, make_batch
 
 INPUTS = ["a short one", "a considerably longer input sentence here", "mid size text"]
 TARGETS = [" yes", " no", " maybe so"]
@@ -75,7 +75,7 @@ def test_only_the_prompt_changes_after_a_step(backbone) -> None:
 
 def test_single_token_fast_path_equals_full_rows(backbone) -> None:
     """Scoring single-token choices from one next-token distribution equals scoring each choice as a row."""
-    from softprompt.evaluate import score_choices, single_token_choices
+    from softprompt.evaluation.scoring import score_choices, single_token_choices
     from softprompt.tasks import Example
 
     tok = backbone.tokenizer
@@ -97,7 +97,7 @@ def test_single_token_fast_path_equals_full_rows(backbone) -> None:
 
 def test_prompt_gradient_is_bit_identical_run_to_run_on_two_threads() -> None:
     """Same seed, same prompt: the bank's backward must not sum gradients in a thread-dependent order."""
-    from softprompt.bank import PromptBank
+    from softprompt.core.bank import PromptBank
 
     before = torch.get_num_threads()
     torch.set_num_threads(2)

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from softprompt.cli import main
-from softprompt.configfile import ConfigError, build
-from softprompt.promptfile import load_prompt
-from softprompt.trainer import AUTO_LR_SCALE, RECIPES, TrainConfig, make_optimizer, resolve_lr, train_prompt
+from softprompt.core.promptfile import load_prompt
+from softprompt.experiments.configfile import ConfigError, build
+from softprompt.training.loop import AUTO_LR_SCALE, RECIPES, TrainConfig, make_optimizer, resolve_lr, train_prompt
 from tests.conftest import tiny_backbone
 from tests.test_trainer import toy_task
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from softprompt.metrics import (
+from softprompt.tasks.metrics import (
     accuracy,
     binary_f1,
     macro_f1,

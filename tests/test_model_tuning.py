@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from softprompt.backbone import load_backbone
 from softprompt.cli import main
-from softprompt.methods import count_parameters, task_parameters
-from softprompt.model_tuning import ModelTuneConfig, tune_model
+from softprompt.core.backbone import load_backbone
+from softprompt.experiments.baselines.model_tuning import ModelTuneConfig, tune_model
+from softprompt.experiments.methods import count_parameters, task_parameters
 from softprompt.tasks import FileTask, FileTaskSpec, get_task
 from softprompt.tasks.selection import selection_split
 from tests.conftest import tiny_backbone

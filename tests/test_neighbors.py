@@ -9,17 +9,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from softprompt.backbone import load_backbone
 from softprompt.cli import main
-from softprompt.init import init_prompt
-from softprompt.neighbors import (
+from softprompt.core.backbone import load_backbone
+from softprompt.core.promptfile import PromptMeta, save_prompt
+from softprompt.evaluation.neighbors import (
     nearest_tokens,
     prompt_similarity,
     similarity_table,
     verbalizer_hits,
     write_report,
 )
-from softprompt.promptfile import PromptMeta, save_prompt
+from softprompt.training.initializers import init_prompt
 from tests.conftest import tiny_backbone
 
 

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from softprompt.bank import PromptBank
-from softprompt.batching import make_batch
-from softprompt.prompted import PromptedModel
-from softprompt.tiny import tiny_model
-from softprompt.trainer import batch_indices, initial_prompt, make_optimizer, train_prompt
+from softprompt.core.bank import PromptBank
+from softprompt.core.prompted import PromptedModel
+from softprompt.core.tiny import tiny_model
+from softprompt.core.tokenize import make_batch
+from softprompt.training.loop import batch_indices, initial_prompt, make_optimizer, train_prompt
 from tests.dist_worker import ToyTask, config, toy_backbone, toy_examples
 
 peft = pytest.importorskip("peft")

@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from softprompt.backbone import Backbone, make_backbone
-from softprompt.bank import PromptBank
-from softprompt.batching import make_batch
-from softprompt.precision import enable_gradient_checkpointing, grad_scaler, resolve_precision
-from softprompt.prompted import PromptedModel
-from softprompt.tiny import tiny_model
-from softprompt.trainer import initial_prompt, train_prompt
+from softprompt.core.backbone import Backbone, make_backbone
+from softprompt.core.bank import PromptBank
+from softprompt.core.prompted import PromptedModel
+from softprompt.core.tiny import tiny_model
+from softprompt.core.tokenize import make_batch
+from softprompt.training.loop import initial_prompt, train_prompt
+from softprompt.training.precision import enable_gradient_checkpointing, grad_scaler, resolve_precision
 from tests.dist_worker import ToyTask, config, toy_examples
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

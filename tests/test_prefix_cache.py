@@ -10,19 +10,19 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from softprompt.backbone import Backbone, make_backbone
-from softprompt.bank import PromptBank
-from softprompt.batching import encode_inputs, make_batch, make_input_batch
-from softprompt.decoding import eos_token_ids
-from softprompt.evaluate import score_choices
-from softprompt.prefix_cache import supports_prefix_cache
-from softprompt.prompted import NoContextError, PromptedModel
-from softprompt.promptfile import PromptFile, PromptMeta
+from softprompt.core.backbone import Backbone, make_backbone
+from softprompt.core.bank import PromptBank
+from softprompt.core.decoding import eos_token_ids
+from softprompt.core.prefix_cache import supports_prefix_cache
+from softprompt.core.prompted import NoContextError, PromptedModel
+from softprompt.core.promptfile import PromptFile, PromptMeta
+from softprompt.core.splice import IGNORE_INDEX
+from softprompt.core.tiny import byte_tokenizer, tiny_config, tiny_model
+from softprompt.core.tokenize import encode_inputs, make_batch, make_input_batch
+from softprompt.evaluation.scoring import score_choices
 from softprompt.server import Engine, create_app
 from softprompt.server.engine import Job
-from softprompt.splice import IGNORE_INDEX
 from softprompt.tasks import Example
-from softprompt.tiny import byte_tokenizer, tiny_config, tiny_model
 from tests._serving import tiny
 
 CACHED = ("llama", "qwen2", "gpt2")

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from softprompt.cli import main
-from softprompt.prompt_design import DEMO_SEPARATOR, design_prompt
+from softprompt.experiments.baselines.prompt_design import DEMO_SEPARATOR, design_prompt
 from softprompt.tasks import Example, FileTask, FileTaskSpec
 from tests.conftest import tiny_backbone
 from tests.toytask import write_task

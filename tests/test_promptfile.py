@@ -12,8 +12,15 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from softprompt.backbone import Backbone, make_backbone
-from softprompt.promptfile import PromptFile, PromptFileError, PromptMeta, check_compatible, load_prompt, save_prompt
+from softprompt.core.backbone import Backbone, make_backbone
+from softprompt.core.promptfile import (
+    PromptFile,
+    PromptFileError,
+    PromptMeta,
+    check_compatible,
+    load_prompt,
+    save_prompt,
+)
 from tests.conftest import tiny_backbone
 
 
@@ -41,8 +48,8 @@ def test_other_model_is_refused(saved) -> None:
     with pytest.raises(PromptFileError, match="different model"):
         check_compatible(load_prompt(path), tiny_backbone("llama", seed=1))
     with pytest.raises(PromptFileError, match="hidden size"):
-        from softprompt.backbone import make_backbone
-        from softprompt.tiny import tiny_model
+        from softprompt.core.backbone import make_backbone
+        from softprompt.core.tiny import tiny_model
 
         model, tok = tiny_model("llama", hidden=16)
         check_compatible(load_prompt(path), make_backbone(model, tok, "small"))
@@ -186,7 +193,7 @@ def test_override_accepts_other_weights_with_one_warning_but_never_another_hidde
     err = capsys.readouterr().err
     assert message is not None and "p.safetensors" in message
     assert err.count("\n") == 1 and err.startswith("softprompt: warning: p.safetensors: trained on a different")
-    from softprompt.tiny import tiny_model
+    from softprompt.core.tiny import tiny_model
 
     model, tok = tiny_model("llama", hidden=16)
     with pytest.raises(PromptFileError, match="hidden size"):

@@ -9,15 +9,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from softprompt.bank import PromptBank
-from softprompt.batching import make_batch
-from softprompt.checkpoint import load_checkpoint
-from softprompt.evaluate import evaluate, score_choices
-from softprompt.prompted import PromptedModel
-from softprompt.promptfile import load_prompt
-from softprompt.reparam import ResidualPromptBank, fold, make_bank
+from softprompt.core.bank import PromptBank
+from softprompt.core.prompted import PromptedModel
+from softprompt.core.promptfile import load_prompt
+from softprompt.core.tokenize import make_batch
+from softprompt.evaluation.scoring import evaluate, score_choices
 from softprompt.tasks.selection import selection_split
-from softprompt.trainer import TrainConfig, initial_prompt, train_prompt
+from softprompt.training.checkpoint import load_checkpoint
+from softprompt.training.loop import TrainConfig, initial_prompt, train_prompt
+from softprompt.training.reparam import ResidualPromptBank, fold, make_bank
 from tests.conftest import tiny_backbone
 from tests.test_invariants import INPUTS, TARGETS, checksum
 from tests.test_trainer import toy_task

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from softprompt.cli import main
-from softprompt.promptfile import load_prompt
+from softprompt.core.promptfile import load_prompt
 
 
 @pytest.fixture

@@ -15,17 +15,17 @@ import torch
 from fastapi.testclient import TestClient
 from safetensors.torch import save_file
 
-from softprompt.bank import PromptBank
 from softprompt.cli import main
-from softprompt.evaluate import score_choices
-from softprompt.prompted import PromptedModel
-from softprompt.promptfile import PromptFile, PromptFileError, PromptMeta, load_prompt
+from softprompt.core.bank import PromptBank
+from softprompt.core.prompted import PromptedModel
+from softprompt.core.promptfile import PromptFile, PromptFileError, PromptMeta, load_prompt
+from softprompt.evaluation.scoring import score_choices
 from softprompt.server import Engine, ServerConfig, create_app
 from softprompt.server.app import ConfigError
 from softprompt.server.client import Client, ServerError
 from softprompt.server.engine import Job
 from softprompt.tasks import FileTask, FileTaskSpec, get_task
-from softprompt.trainer import TrainConfig, train_prompt
+from softprompt.training.loop import TrainConfig, train_prompt
 from tests._serving import (
     TEXTS,
     VERBALIZER,
@@ -204,10 +204,10 @@ def test_bad_uploads_are_4xx_and_server_keeps_serving(client: TestClient, tmp_pa
     other = tiny("qwen2")  # same hidden size, other weights: the fingerprint must refuse it
     write_prompt(other, tmp_path / "other.safetensors", 3, 1)
     small = tiny("llama")
-    from softprompt.tiny import tiny_model
+    from softprompt.core.tiny import tiny_model
 
     m16, tok = tiny_model("llama", hidden=16)
-    from softprompt.backbone import make_backbone
+    from softprompt.core.backbone import make_backbone
 
     write_prompt(make_backbone(m16, tok, "tiny-16"), tmp_path / "h16.safetensors", 3, 1)
     save_file({"weight": torch.zeros(2, 2)}, str(tmp_path / "plain.safetensors"))
@@ -314,7 +314,7 @@ def test_cli_refuses_admin_without_token(tiny_dirs, tmp_path: Path, capsys: pyte
 def test_allow_other_model_serves_other_weights_with_a_warning(tmp_path: Path, capsys: pytest.CaptureFixture
                                                                ) -> None:
     from softprompt.cli import build_parser
-    from softprompt.promptfile import PromptFileError
+    from softprompt.core.promptfile import PromptFileError
 
     write_prompt(tiny("llama", seed=0), tmp_path / "p" / "a.safetensors", 3, 1)
     other = tiny("llama", seed=1)  # same shapes, other weights

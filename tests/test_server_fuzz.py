@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from schemathesis.specs.openapi import checks
 
-from softprompt.promptfile import PromptMeta
+from softprompt.core.promptfile import PromptMeta
 from softprompt.server import Engine, ServerConfig, create_app
 from tests._serving import (
     LiveServer,

@@ -14,9 +14,9 @@ from pathlib import Path
 import httpx
 import torch
 
-from softprompt.bank import PromptBank
-from softprompt.ensemble import majority_vote
-from softprompt.prompted import PromptedModel
+from softprompt.core.bank import PromptBank
+from softprompt.core.prompted import PromptedModel
+from softprompt.evaluation.ensemble import majority_vote
 from softprompt.server import Engine, ServerConfig, create_app
 from softprompt.tasks import get_task
 from tests._serving import (

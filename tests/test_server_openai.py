@@ -11,8 +11,8 @@ import openai
 import pytest
 import torch
 
-from softprompt.bank import PromptBank
-from softprompt.prompted import PromptedModel
+from softprompt.core.bank import PromptBank
+from softprompt.core.prompted import PromptedModel
 from softprompt.server import Engine, ServerConfig, create_app
 from tests._serving import (
     TEXTS,

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from softprompt.bank import PromptBank
-from softprompt.batching import make_batch
-from softprompt.prompted import PromptedModel
-from softprompt.splice import IGNORE_INDEX, splice
+from softprompt.core.bank import PromptBank
+from softprompt.core.prompted import PromptedModel
+from softprompt.core.splice import IGNORE_INDEX, splice
+from softprompt.core.tokenize import make_batch
 
 
 def test_layout_left_compacts_any_padding() -> None:

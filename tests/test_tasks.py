@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from softprompt.bank import PromptBank
 from softprompt.cli import main
-from softprompt.evaluate import predict
-from softprompt.prompted import PromptedModel
+from softprompt.core.bank import PromptBank
+from softprompt.core.prompted import PromptedModel
+from softprompt.evaluation.scoring import predict
 from softprompt.tasks import TASKS, Example, Task, TaskDataError, get_task
 from softprompt.tasks.base import hold_out_tail
 from softprompt.tasks.glue import QQP

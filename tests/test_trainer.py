@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from softprompt.checkpoint import load_checkpoint
-from softprompt.promptfile import load_prompt
+from softprompt.core.promptfile import load_prompt
 from softprompt.tasks import FileTask, FileTaskSpec
 from softprompt.tasks.selection import SELECTION_SEED, selection_split
-from softprompt.trainer import TrainConfig, batch_indices, train_prompt
+from softprompt.training.checkpoint import load_checkpoint
+from softprompt.training.loop import TrainConfig, batch_indices, train_prompt
 from tests.conftest import tiny_backbone
 
 ROOT = Path(__file__).resolve().parents[1]

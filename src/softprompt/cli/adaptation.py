@@ -6,9 +6,9 @@ import argparse
 import time
 from pathlib import Path
 
-from softprompt.adapt import AdaptConfig, adapt_lm, require_encoder_decoder
 from softprompt.cli.common import UsageError, add_model, backbone_from_args, emit
-from softprompt.models import BUILTIN_MODELS
+from softprompt.core.builtin_models import BUILTIN_MODELS
+from softprompt.experiments.baselines.lm_adaptation import AdaptConfig, adapt_lm, require_encoder_decoder
 
 
 def register(sub: argparse._SubParsersAction) -> None:

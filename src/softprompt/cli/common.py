@@ -8,13 +8,13 @@ import os
 from pathlib import Path
 from typing import Any
 
-from softprompt.backbone import Backbone, load_backbone
-from softprompt.models import DEFAULT_MODEL, ModelNotInstalledError
-from softprompt.precision import DTYPES, resolve_precision
-from softprompt.promptfile import PromptFileError
+from softprompt.core.backbone import Backbone, load_backbone
+from softprompt.core.builtin_models import DEFAULT_MODEL, ModelNotInstalledError
+from softprompt.core.promptfile import PromptFileError
 from softprompt.tasks import Example, Task, TaskDataError, get_task
 from softprompt.tasks.base import first_examples
 from softprompt.tasks.selection import SELECTION_SEED, recorded_selection, selected_on, selection_split
+from softprompt.training.precision import DTYPES, resolve_precision
 
 
 class UsageError(ValueError):
@@ -151,7 +151,7 @@ def backbone_from_args(args: argparse.Namespace) -> Backbone:
     if not Path(name).exists() and "/" not in name and name.endswith(".gguf"):
         raise UsageError(f"model file not found: {name}")
     # `softprompt train` adds --precision (bf16/fp16 weights); other commands load float32 unless Accelerate says
-    # otherwise. See softprompt.precision.
+    # otherwise. See softprompt.training.precision.
     precision = resolve_precision(getattr(args, "precision", None))
     return load_backbone(name, device=args.device, dtype=DTYPES[precision])
 

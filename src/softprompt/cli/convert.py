@@ -6,8 +6,8 @@ import argparse
 from pathlib import Path
 
 from softprompt.cli.common import UsageError, backbone_from_args, emit
-from softprompt.interop import export_peft, import_prompt, read_npy, read_peft, write_npy
-from softprompt.promptfile import check_finite, load_prompt
+from softprompt.core.peft_interop import export_peft, import_prompt, read_npy, read_peft, write_npy
+from softprompt.core.promptfile import check_finite, load_prompt
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -20,8 +20,9 @@ from softprompt.cli.common import (
     split_examples,
     task_from_args,
 )
-from softprompt.ensemble import Ensemble, EnsembleResult
-from softprompt.promptfile import atomic_write, load_prompt
+from softprompt.core.files import atomic_write
+from softprompt.core.promptfile import load_prompt
+from softprompt.evaluation.ensemble import Ensemble, EnsembleResult
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -7,8 +7,6 @@ import time
 
 import torch
 
-from softprompt.backbone import Backbone
-from softprompt.bank import PromptBank
 from softprompt.cli.common import (
     UsageError,
     add_allow_other_model,
@@ -22,13 +20,15 @@ from softprompt.cli.common import (
     split_examples,
     task_from_args,
 )
-from softprompt.evaluate import evaluate, score_choices
-from softprompt.methods import count_parameters, task_parameters
-from softprompt.prompt_design import design_prompt
-from softprompt.prompted import PromptedModel
-from softprompt.promptfile import check_compatible, load_prompt
+from softprompt.core.backbone import Backbone
+from softprompt.core.bank import PromptBank
+from softprompt.core.prompted import PromptedModel
+from softprompt.core.promptfile import check_compatible, load_prompt
+from softprompt.core.templates import fill_template, input_template
+from softprompt.evaluation.scoring import evaluate, score_choices
+from softprompt.experiments.baselines.prompt_design import design_prompt
+from softprompt.experiments.methods import count_parameters, task_parameters
 from softprompt.tasks import TASKS, Example, get_task
-from softprompt.templates import fill_template, input_template
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 
 from softprompt.cli.common import emit
-from softprompt.experiment import run_experiment
-from softprompt.grid import cells, load_config, missing_models, preflight
+from softprompt.experiments.grid import cells, load_config, missing_models, preflight
+from softprompt.experiments.runner import run_experiment
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -25,7 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from softprompt.report import write_report
+    from softprompt.experiments.report import write_report
 
     config = load_config(args.config)
     if args.dry_run:

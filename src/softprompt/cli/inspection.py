@@ -29,7 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from softprompt.promptfile import load_prompt
+    from softprompt.core.promptfile import load_prompt
 
     if args.neighbors is not None:
         return run_neighbors(args)
@@ -84,9 +84,9 @@ def summary(path: str, meta: dict[str, Any]) -> list[str]:
 
 
 def run_neighbors(args: argparse.Namespace) -> int:
-    from softprompt import neighbors as nb
     from softprompt.cli.common import backbone_from_args
-    from softprompt.promptfile import check_compatible, load_prompt
+    from softprompt.core.promptfile import check_compatible, load_prompt
+    from softprompt.evaluation import neighbors as nb
 
     if args.neighbors < 1:
         raise UsageError(f"--neighbors must be >= 1, got {args.neighbors}")

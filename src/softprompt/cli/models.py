@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from softprompt.cli.common import UsageError
-from softprompt.models import BUILTIN_MODELS, DEFAULT_MODEL, install, is_installed
+from softprompt.core.builtin_models import BUILTIN_MODELS, DEFAULT_MODEL, install, is_installed
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -17,16 +17,16 @@ from softprompt.cli.common import (
     emit,
     task_from_args,
 )
-from softprompt.distributed import DistContext, fsdp_requested, shard_backbone
-from softprompt.init import INITS, TRANSFER_PREFIX, is_init
-from softprompt.methods import task_parameters
-from softprompt.model_tuning import ModelTuneConfig, tune_model
-from softprompt.precision import PRECISIONS, enable_gradient_checkpointing
-from softprompt.promptfile import load_prompt
-from softprompt.reparam import REPARAMS
+from softprompt.core.promptfile import load_prompt
+from softprompt.experiments.baselines.model_tuning import ModelTuneConfig, tune_model
+from softprompt.experiments.methods import task_parameters
 from softprompt.tasks import Example, Task
 from softprompt.tasks.selection import SELECTION_SEED, selection_split
-from softprompt.trainer import AUTO_LR_SCALE, RECIPES, TrainConfig, train_prompt
+from softprompt.training.distributed import DistContext, fsdp_requested, shard_backbone
+from softprompt.training.initializers import INITS, TRANSFER_PREFIX, is_init
+from softprompt.training.loop import AUTO_LR_SCALE, RECIPES, TrainConfig, train_prompt
+from softprompt.training.precision import PRECISIONS, enable_gradient_checkpointing
+from softprompt.training.reparam import REPARAMS
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -25,8 +25,8 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from softprompt.prompted import NoContextError
-from softprompt.promptfile import PromptFileError
+from softprompt.core.prompted import NoContextError
+from softprompt.core.promptfile import PromptFileError
 from softprompt.server import completions
 from softprompt.server.batcher import Batcher, Overloaded
 from softprompt.server.completions import OpenAIError, add_completion_routes, is_openai

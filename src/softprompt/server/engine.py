@@ -1,14 +1,14 @@
 """The serving engine: the served tasks and the forward passes that answer them, batched across tasks.
 
-A *task* is one prompt, or several (an ensemble, answered by majority vote), with its input template and labels.
-Every served prompt lives in ONE :class:`~softprompt.bank.PromptBank` inside ONE
-:class:`~softprompt.prompted.PromptedModel`; a task's members hold their slot indices in it. The engine turns a list
-of jobs (requests from any tasks) into rows — one per (input, member prompt) for classification when every label
+A *task* is one prompt, or several (an ensemble, answered by majority vote), with its input template and labels. Every
+served prompt lives in ONE :class:`~softprompt.core.bank.PromptBank` inside ONE
+:class:`~softprompt.core.prompted.PromptedModel`; a task's members hold their slot indices in it. The engine turns a
+list of jobs (requests from any tasks) into rows — one per (input, member prompt) for classification when every label
 word is one token (all K read from the next-token distribution), one per (input, label, member) otherwise, one per
 (input, member) for generation — and runs them through the library's own methods
-(:meth:`~softprompt.prompted.PromptedModel.next_token_logprobs`, ``sequence_logprob``, ``generate``) in forwards of at
-most ``max_batch_rows`` rows where each row carries its own prompt index. The prefix cache is the library's
-(:mod:`softprompt.prefix_cache`), so the server and ``softprompt eval`` compute the same numbers the same way.
+(:meth:`~softprompt.core.prompted.PromptedModel.next_token_logprobs`, ``sequence_logprob``, ``generate``) in forwards of
+at most ``max_batch_rows`` rows where each row carries its own prompt index. The prefix cache is the library's
+(:mod:`softprompt.core.prefix_cache`), so the server and ``softprompt eval`` compute the same numbers the same way.
 
 A prompt carries its task: the template and instruction it was trained with (its metadata; else a built-in task's
 ``text_template``; else ``"{text}"``) format each served input, so a row served is the row trained.
@@ -36,15 +36,15 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from softprompt.backbone import Backbone
-from softprompt.bank import PromptBank
-from softprompt.batching import encode_inputs, make_batch, make_input_batch, tokenize
-from softprompt.ensemble import majority_vote, vote_strings
-from softprompt.evaluate import single_token_ids
-from softprompt.prompted import NoContextError, PromptedModel
-from softprompt.promptfile import PromptFile, PromptFileError, check_compatible, load_prompt
+from softprompt.core.backbone import Backbone
+from softprompt.core.bank import PromptBank
+from softprompt.core.prompted import NoContextError, PromptedModel
+from softprompt.core.promptfile import PromptFile, PromptFileError, check_compatible, load_prompt
+from softprompt.core.templates import fill_template, input_template
+from softprompt.core.tokenize import encode_inputs, make_batch, make_input_batch, tokenize
+from softprompt.evaluation.ensemble import majority_vote, vote_strings
+from softprompt.evaluation.scoring import single_token_ids
 from softprompt.tasks import TASKS
-from softprompt.templates import fill_template, input_template
 
 # Task names: a letter or digit first, then letters, digits, '_', '.', '-' — never a path separator or '..'.
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"

@@ -80,7 +80,7 @@ class Task(ABC):
 
     def metrics(self, predictions: Sequence[str], examples: Sequence[Example]) -> dict[str, float]:
         """Metrics of predicted target texts; accuracy unless a task says otherwise."""
-        from softprompt.metrics import accuracy
+        from softprompt.tasks.metrics import accuracy
 
         return {"accuracy": accuracy(predictions, [e.target for e in examples])}
 

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import yaml
 
-from softprompt.metrics import accuracy
 from softprompt.tasks.base import Example, Task, TaskDataError
+from softprompt.tasks.metrics import accuracy
 from softprompt.tasks.records import field, read_records
 
 

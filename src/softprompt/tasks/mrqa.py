@@ -11,8 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import ClassVar
 
-from softprompt.metrics import squad_scores
 from softprompt.tasks.base import Example, Task, TaskDataError, first_examples, hold_out_tail
+from softprompt.tasks.metrics import squad_scores
 from softprompt.tasks.records import field, read_records
 
 

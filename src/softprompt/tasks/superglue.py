@@ -11,9 +11,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import ClassVar
 
-from softprompt.metrics import accuracy, macro_f1, multirc_scores, record_scores
 from softprompt.tasks.base import Example, Task, TaskDataError
 from softprompt.tasks.glue import entailment_examples
+from softprompt.tasks.metrics import accuracy, macro_f1, multirc_scores, record_scores
 from softprompt.tasks.records import field, read_records
 
 # Yes/no questions whose raw labels are JSON booleans (str(True) == "True").

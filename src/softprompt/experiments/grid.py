@@ -1,0 +1,334 @@
+"""Experiment grids as typed config: models × methods × tasks (or train→eval task pairs) × prompt lengths × inits ×
+seeds (× shots), read from YAML and validated before anything trains. :mod:`softprompt.experiments.runner` runs the
+cells.
+
+Which cells a grid holds:
+
+- prompt-tuning: every task × prompt length × init × seed;
+- model-tuning: every task × seed (prompt length and init do not apply);
+- prompt-design: every in-domain task × shots (× seed when shots > 0: the seed picks the demonstrations);
+  train→eval pairs (domain shift) are for the two tuned methods only;
+- prompt transfer (SPoT): every ``transfer`` pair × prompt length × seed, a prompt-tuning cell of the target task
+  whose init is ``from:<source task>``: the prompt of the source task's cell at the same model, P and seed (and the
+  first init), which comes earlier in the grid and so trains first.
+
+:func:`load_config` checks what is cheap (schema, unknown keys and types, methods, inits, task and model names);
+:func:`preflight` what touches the disk (data files, installed models).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import yaml
+
+from softprompt.core.builtin_models import BUILTIN_MODELS, NO_INSTALL_ENV, auto_install_enabled, fetch, is_installed
+from softprompt.experiments.baselines.model_tuning import ModelTuneConfig
+from softprompt.experiments.configfile import ConfigError, build
+from softprompt.experiments.methods import METHODS
+from softprompt.tasks import TaskDataError, get_task
+from softprompt.training.initializers import INITS, TRANSFER_PREFIX
+from softprompt.training.loop import TrainConfig
+
+
+@dataclass
+class TaskPair:
+    """Domain shift: train on one task, evaluate on another (the paper's QQP ↔ MRPC)."""
+
+    train_task: str
+    eval_task: str
+
+
+@dataclass
+class Transfer:
+    """Prompt transfer (SPoT, Vu et al., 2022): the source task's prompt initialises a prompt tuned on the target."""
+
+    source: str
+    """a task of the grid's ``tasks``: its prompt-tuning cells train first"""
+    target: str
+    """the task the transferred prompt is tuned and evaluated on (in-domain)"""
+
+
+@dataclass
+class EvalSettings:
+    split: str = "validation"
+    limit: int | None = 200
+    """first N examples of the split (None: all)"""
+    batch_size: int = 32
+    max_input_tokens: int = 256
+    max_new_tokens: int = 32
+
+
+def _pt_default() -> TrainConfig:
+    return TrainConfig(eval_every=0)
+
+
+def _mt_default() -> ModelTuneConfig:
+    return ModelTuneConfig(eval_every=0)
+
+
+@dataclass
+class ExperimentConfig:
+    """One grid. Relative paths (output, report_dir, data_dir, task and model files) are from the current folder."""
+
+    name: str
+    models: list[str]
+    """built-in names, local model folders, .gguf files or hub ids"""
+    tasks: list[str] = field(default_factory=list)
+    """in-domain tasks: built-in names or .yaml task specs"""
+    pairs: list[TaskPair] = field(default_factory=list)
+    transfer: list[Transfer] = field(default_factory=list)
+    """source → target prompt transfer: one prompt-tuning cell per pair × P × seed, initialised from the source
+    task's cell (same model, P and seed; the first init)"""
+    methods: list[str] = field(default_factory=lambda: list(METHODS))
+    prompt_lengths: list[int] = field(default_factory=lambda: [20])
+    """P values; the first is the headline setting of the report"""
+    inits: list[str] = field(default_factory=lambda: ["class-label"])
+    """prompt initialisations; the first is the headline setting"""
+    seeds: list[int] = field(default_factory=lambda: [0])
+    shots: list[int] = field(default_factory=lambda: [0])
+    """prompt-design demonstrations; the first is the headline setting"""
+    prompt_tuning: TrainConfig = field(default_factory=_pt_default)
+    """TrainConfig without prompt_length, init and seed (the grid sets them)"""
+    model_tuning: ModelTuneConfig = field(default_factory=_mt_default)
+    """ModelTuneConfig without seed"""
+    eval: EvalSettings = field(default_factory=EvalSettings)
+    train_limit: int | None = None
+    """first N training examples of each task (None: all)"""
+    data_dir: str | None = None
+    output: str = "results"
+    """cells go to <output>/<name>/cells/"""
+    report_dir: str = "docs/results"
+    """the report goes to <report_dir>/<name>/"""
+    threads: int | None = None
+    keep_models: bool = False
+    """keep each model-tuning cell's model folder (one full model per cell)"""
+    reuse: list[str] = field(default_factory=list)
+    """names of other grids under the same ``output``: a cell already finished there with the same settings (method
+    config, eval settings, train_limit) is copied instead of trained again"""
+    description: str = ""
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.output) / self.name
+
+    @property
+    def report_path(self) -> Path:
+        return Path(self.report_dir) / self.name
+
+
+# Grid axes may not be set inside the per-method sections: the grid would silently override them.
+AXIS_KEYS = {"prompt_tuning": ("prompt_length", "init", "seed"), "model_tuning": ("seed",)}
+
+
+def slug(name: str) -> str:
+    """A file-name-safe label for a model or task given as a name or a path."""
+    p = Path(name)
+    base = p.stem if p.suffix in (".yaml", ".yml", ".gguf") else (p.name or name)
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", base).strip("-") or "x"
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One run of the grid."""
+
+    model: str
+    method: str
+    train_task: str
+    eval_task: str
+    prompt_length: int = 0
+    init: str = ""
+    seed: int = 0
+    shots: int = 0
+
+    @property
+    def source_task(self) -> str | None:
+        """The task whose prompt initialises this cell (``init`` ``from:<task>``: a transfer cell), else None."""
+        return self.init[len(TRANSFER_PREFIX):] if self.init.startswith(TRANSFER_PREFIX) else None
+
+    @property
+    def id(self) -> str:
+        tasks = slug(self.train_task) if self.train_task == self.eval_task else \
+            f"{slug(self.train_task)}-to-{slug(self.eval_task)}"
+        parts = [slug(self.model), self.method, tasks]
+        if self.method == "prompt-tuning":
+            source = self.source_task
+            parts += [f"P{self.prompt_length}", self.init if source is None else f"from-{slug(source)}"]
+        if self.method == "prompt-design":
+            parts.append(f"k{self.shots}")
+        if self.method != "prompt-design" or self.shots:
+            parts.append(f"s{self.seed}")
+        return "__".join(parts)
+
+
+def load_config(path: str | Path) -> ExperimentConfig:
+    """Read and validate a grid: schema, methods, inits, task names and model names. Cheap: loads no model and reads
+    no data."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({err})") from None
+    if isinstance(raw, dict):
+        for section, keys in AXIS_KEYS.items():
+            fixed = sorted(set(raw.get(section) or {}) & set(keys))
+            if fixed:
+                raise ConfigError(f"{path}: {section}.{fixed} are grid axes; set them with the top-level lists "
+                                  "(prompt_lengths, inits, seeds)")
+            if isinstance(raw.get(section), dict):
+                # A grid's default is no selection (see softprompt.experiments.runner), also when a section is given.
+                raw[section] = {"eval_every": 0, **raw[section]}
+    config = build(ExperimentConfig, raw, str(path))
+    validate(config, str(path))
+    return config
+
+
+def validate(config: ExperimentConfig, where: str = "config") -> None:
+    if not config.models:
+        raise ConfigError(f"{where}: models is empty")
+    if not config.tasks and not config.pairs:
+        raise ConfigError(f"{where}: no tasks and no pairs")
+    for name in config.reuse:
+        if name == config.name or slug(name) != name:
+            raise ConfigError(f"{where}: reuse entry {name!r} must name another grid (its folder under output)")
+    if not re.fullmatch(r"[A-Za-z0-9._-]+", config.name):
+        raise ConfigError(f"{where}: name {config.name!r} must be a plain file name (letters, digits, . _ -)")
+    for key, values, known in (("methods", config.methods, METHODS), ("inits", config.inits, INITS)):
+        bad = [v for v in values if v not in known]
+        if bad or not values:
+            hint = ("; a grid chains a task's prompt into another with `transfer: [{source: A, target: B}]`"
+                    if any(v.startswith(TRANSFER_PREFIX) for v in bad) else "")
+            raise ConfigError(f"{where}: {key} {bad or values} not in {list(known)}{hint}")
+    validate_transfer(config, where)
+    for key in ("prompt_lengths", "seeds", "shots"):
+        values = getattr(config, key)
+        if not values or any(v < 0 for v in values) or len(set(values)) != len(values):
+            raise ConfigError(f"{where}: {key} must be a non-empty list of distinct values >= 0, got {values}")
+    if "prompt-tuning" in config.methods and 0 in config.prompt_lengths:
+        raise ConfigError(f"{where}: prompt length 0 is the bare model; use method prompt-design or model-tuning")
+    if "text" in config.inits and not config.prompt_tuning.init_text:
+        raise ConfigError(f"{where}: init 'text' needs prompt_tuning.init_text")
+    for name in task_names(config):
+        try:
+            get_task(name)
+        except TaskDataError as err:
+            raise ConfigError(f"{where}: {err}") from None
+    for name in config.models:
+        check_model_name(name, where)
+    if config.threads is not None and config.threads < 1:
+        raise ConfigError(f"{where}: threads must be >= 1")
+    grid = cells(config)
+    ids = [c.id for c in grid]
+    if len(set(ids)) != len(ids):
+        clash = sorted({i for i in ids if ids.count(i) > 1})[0]
+        raise ConfigError(f"{where}: two models or tasks share a file label (cell {clash!r}); give their folders "
+                          "distinct names")
+
+
+def validate_transfer(config: ExperimentConfig, where: str) -> None:
+    """Every transfer pair's source must be a prompt-tuning task of the grid, so its prompt exists before the target
+    trains; checked before anything trains."""
+    for i, t in enumerate(config.transfer):
+        at = f"{where}: transfer[{i}]"
+        if "prompt-tuning" not in config.methods:
+            raise ConfigError(f"{at}: prompt transfer needs method prompt-tuning in methods")
+        if t.source not in config.tasks:
+            raise ConfigError(f"{at}: source {t.source!r} is not one of the grid's tasks {config.tasks}; its "
+                              f"prompt-tuning cells are what initialise {t.target!r}")
+        if t.source == t.target:
+            raise ConfigError(f"{at}: source and target are both {t.source!r}")
+    pairs = [(t.source, t.target) for t in config.transfer]
+    if len(set(pairs)) != len(pairs):
+        raise ConfigError(f"{where}: transfer lists a source → target pair twice")
+
+
+def task_names(config: ExperimentConfig) -> list[str]:
+    names = (list(config.tasks) + [n for p in config.pairs for n in (p.train_task, p.eval_task)]
+             + [t.target for t in config.transfer])
+    return list(dict.fromkeys(names))
+
+
+def check_model_name(name: str, where: str) -> None:
+    """A model is a built-in name, an existing model folder or .gguf file, or a hub id (``owner/name``)."""
+    if name in BUILTIN_MODELS:
+        return
+    p = Path(name)
+    if p.is_dir():
+        if not (p / "config.json").is_file():
+            raise ConfigError(f"{where}: model folder {name} has no config.json")
+        return
+    if p.suffix == ".gguf":
+        if not p.is_file():
+            raise ConfigError(f"{where}: model file not found: {name}")
+        return
+    if re.fullmatch(r"[\w.-]+/[\w.-]+", name) and not p.parent.exists():
+        return  # a hub id, for online users
+    raise ConfigError(f"{where}: unknown model {name!r}: not a built-in ({', '.join(BUILTIN_MODELS)}), a model "
+                      "folder, a .gguf file or a hub id")
+
+
+def cells(config: ExperimentConfig) -> list[Cell]:
+    """Every cell of the grid, grouped by model (one backbone load per model)."""
+    out: list[Cell] = []
+    pairs = [(t, t) for t in config.tasks] + [(p.train_task, p.eval_task) for p in config.pairs]
+    for model in config.models:
+        for train_task, eval_task in pairs:
+            base = Cell(model, "", train_task, eval_task)
+            for method in config.methods:
+                if method == "prompt-tuning":
+                    out += [replace(base, method=method, prompt_length=p, init=i, seed=s)
+                            for p in config.prompt_lengths for i in config.inits for s in config.seeds]
+                elif method == "model-tuning":
+                    out += [replace(base, method=method, seed=s) for s in config.seeds]
+                elif train_task == eval_task:
+                    out += [replace(base, method=method, shots=k, seed=s)
+                            for k in config.shots for s in (config.seeds if k else config.seeds[:1])]
+        # After every cell of the model, so each source cell (a task of ``tasks``) precedes its targets.
+        out += [Cell(model, "prompt-tuning", t.target, t.target, p, TRANSFER_PREFIX + t.source, s)
+                for t in config.transfer for p in config.prompt_lengths for s in config.seeds]
+    return list(dict.fromkeys(out))
+
+
+def source_cell(config: ExperimentConfig, cell: Cell) -> Cell:
+    """The cell whose prompt initialises a transfer cell: the source task's, same model, P and seed, first init."""
+    source = cell.source_task
+    if source is None:
+        raise ValueError(f"{cell.id} is not a transfer cell")
+    return replace(cell, train_task=source, eval_task=source, init=config.inits[0])
+
+
+def needed_files(config: ExperimentConfig) -> list[tuple[str, str, Path]]:
+    """(task, split, file) for every data file the grid reads."""
+    data_dir = Path(config.data_dir) if config.data_dir else None
+    need: set[tuple[str, str]] = set()
+    for c in cells(config):
+        need.add((c.eval_task, config.eval.split))
+        if c.method != "prompt-design":
+            need.add((c.train_task, "train"))  # selection (eval_every > 0) holds out a slice of it
+        elif c.shots:
+            need.add((c.eval_task, "train"))
+    return [(t, s, get_task(t).split_path(s, data_dir)) for t, s in sorted(need)]
+
+
+def missing_models(config: ExperimentConfig) -> list[str]:
+    """The grid's built-in models that are not installed yet."""
+    return [m for m in config.models if m in BUILTIN_MODELS and not is_installed(m)]
+
+
+def preflight(config: ExperimentConfig, *, check_models: bool = True) -> None:
+    """What :func:`load_config` leaves out because it touches the disk: data files and installed models.
+
+    Built-in models not installed yet are installed here, before anything trains, so that a failed install stops the
+    grid at once rather than at its second model (``SOFTPROMPT_NO_INSTALL=1``: refused instead).
+    ``check_models=False`` (a dry run) checks the data files only: listing a grid's cells needs no model."""
+    for task, split, path in needed_files(config):
+        if not path.is_file():
+            raise TaskDataError(f"task {task!r}, split {split!r}: data file not found: {path}")
+    missing = missing_models(config) if check_models else []
+    if missing and not auto_install_enabled():
+        raise ConfigError(f"built-in model(s) not installed: {missing}; run: softprompt models install "
+                          f"{' '.join(missing)} ({NO_INSTALL_ENV}=1 turned off installing them first)")
+    for name in missing:
+        fetch(name)

@@ -1,0 +1,281 @@
+"""Running an experiment grid (:mod:`softprompt.experiments.grid`): every cell's result is one JSON file
+``<output>/<name>/cells/<cell id>.json`` holding its settings, the model, metrics, seconds, task-specific parameter
+count and library versions. A rerun skips every cell whose JSON exists, so an interrupted sweep resumes where it stopped
+(a prompt-tuning cell also resumes from its own checkpoint). :mod:`softprompt.experiments.report` turns the cells into a
+markdown table and plots.
+
+Selection: with ``eval_every: 0`` (the grid default) the last step is kept, trained on the whole train split; with
+``eval_every > 0`` the best step is chosen on the selection slice held out from the *train* task's train split
+(:mod:`softprompt.tasks.selection`, the one cut ``softprompt train`` makes), never on a split a cell reports. The
+cell's record says which (``selection``).
+
+Prompt transfer: a transfer cell (:class:`softprompt.experiments.grid.Transfer`) trains with init ``from:`` its source
+cell's prompt file, ``<output>/<name>/prompts/<source cell id>.safetensors``; the source cell comes earlier in the grid,
+and a source copied from another grid (``reuse``) brings its prompt file along.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from softprompt.core.backbone import Backbone, load_backbone
+from softprompt.core.bank import PromptBank
+from softprompt.core.files import atomic_write
+from softprompt.core.prompted import PromptedModel
+from softprompt.evaluation.scoring import evaluate
+from softprompt.experiments.baselines.model_tuning import ModelTuneConfig, tune_model
+from softprompt.experiments.baselines.prompt_design import design_prompt
+from softprompt.experiments.grid import Cell, ExperimentConfig, cells, preflight, source_cell
+from softprompt.experiments.methods import count_parameters, task_parameters
+from softprompt.experiments.provenance import provenance
+from softprompt.tasks import Example, Task, get_task
+from softprompt.tasks.selection import SelectionSplit, selection_split
+from softprompt.training.initializers import TRANSFER_PREFIX
+from softprompt.training.loop import TrainConfig, train_prompt
+
+__all__ = ["RunSummary", "load_cells", "reusable", "run_cell", "run_experiment"]
+
+
+@dataclass
+class RunSummary:
+    ran: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    reused: list[str] = field(default_factory=list)
+    """copied from another grid (``reuse``) instead of trained"""
+    seconds: float = 0.0
+
+
+class _Data:
+    """Tasks and their examples, read once per sweep."""
+
+    def __init__(self, config: ExperimentConfig) -> None:
+        self.config = config
+        self.data_dir = Path(config.data_dir) if config.data_dir else None
+        self._tasks: dict[str, Task] = {}
+        self._examples: dict[tuple[str, str], list[Example]] = {}
+        self._cuts: dict[tuple[str, int | None], SelectionSplit] = {}
+
+    def task(self, name: str) -> Task:
+        if name not in self._tasks:
+            self._tasks[name] = get_task(name)
+        return self._tasks[name]
+
+    def examples(self, name: str, split: str, limit: int | None) -> list[Example]:
+        key = (name, f"{split}:{limit}")
+        if key not in self._examples:
+            self._examples[key] = self.task(name).examples(split, self.data_dir, limit=limit)
+        return self._examples[key]
+
+    def cut(self, name: str, limit: int | None) -> SelectionSplit:
+        """The train split less its selection slice (cut to the grid's train_limit) and the slice (cut to ``limit``)."""
+        key = (name, limit)
+        if key not in self._cuts:
+            self._cuts[key] = selection_split(self.task(name), self.data_dir, limit=limit,
+                                              train_limit=self.config.train_limit)
+        return self._cuts[key]
+
+    def training(self, name: str, eval_every: int, eval_limit: int | None
+                 ) -> tuple[list[Example], list[Example] | None, dict[str, Any]]:
+        """(train, selection, what identifies the slice): the whole train split when nothing is selected."""
+        if not eval_every:
+            return self.examples(name, "train", self.config.train_limit), None, {}
+        cut = self.cut(name, eval_limit)
+        return cut.train, cut.selection, cut.info
+
+
+def cell_path(config: ExperimentConfig, cell: Cell) -> Path:
+    return config.out_dir / "cells" / f"{cell.id}.json"
+
+
+def prompt_path(config: ExperimentConfig, cell: Cell) -> Path:
+    """A prompt-tuning cell's prompt file (its resume checkpoint lies beside it)."""
+    return config.out_dir / "prompts" / f"{cell.id}.safetensors"
+
+
+def method_settings(config: ExperimentConfig, cell: Cell) -> TrainConfig | ModelTuneConfig | None:
+    """The training settings of a tuned cell: the grid's section with the cell's axes filled in (None: prompt
+    design, which trains nothing)."""
+    if cell.method == "prompt-tuning":
+        init = cell.init if cell.source_task is None else \
+            TRANSFER_PREFIX + str(prompt_path(config, source_cell(config, cell)))
+        return replace(config.prompt_tuning, prompt_length=cell.prompt_length, init=init, seed=cell.seed)
+    if cell.method == "model-tuning":
+        return replace(config.model_tuning, seed=cell.seed)
+    return None
+
+
+def method_config(config: ExperimentConfig, cell: Cell) -> dict[str, Any]:
+    """What a cell's record stores under ``config``."""
+    settings = method_settings(config, cell)
+    return asdict(settings) if settings is not None else {"shots": cell.shots, "seed": cell.seed}
+
+
+def _same_run(config: ExperimentConfig, cell: Cell) -> dict[str, Any]:
+    """Everything besides the cell id that decides a cell's result, as JSON would store it."""
+    return json.loads(json.dumps({"config": method_config(config, cell), "eval": asdict(config.eval),
+                                  "train_limit": config.train_limit}))
+
+
+def reusable(config: ExperimentConfig, cell: Cell) -> dict[str, Any] | None:
+    """A finished record of ``cell`` in one of ``config.reuse``'s grids that ran with the same settings, marked with
+    where it came from; None if there is none."""
+    found = _reusable_in(config, cell)
+    return None if found is None else found[0]
+
+
+def _reusable_in(config: ExperimentConfig, cell: Cell) -> tuple[dict[str, Any], str] | None:
+    """(:func:`reusable`'s record, the grid it was found in)."""
+    want = _same_run(config, cell)
+    for name in config.reuse:
+        path = Path(config.output) / name / "cells" / f"{cell.id}.json"
+        if not path.is_file():
+            continue
+        record = json.loads(path.read_text())
+        have = {"config": record.get("config"),
+                "eval": {k: v for k, v in record.get("eval", {}).items() if k != "examples"},
+                "train_limit": record.get("train_limit")}
+        if have == want:
+            return {**record, "experiment": config.name, "reused_from": record.get("reused_from", name)}, name
+    return None
+
+
+def run_cell(config: ExperimentConfig, cell: Cell, backbone: Backbone, data: _Data, *, progress: bool = False
+             ) -> dict[str, Any]:
+    """Train (when the method trains) and evaluate one cell; returns its result record."""
+    train_task, eval_task = data.task(cell.train_task), data.task(cell.eval_task)
+    ev = config.eval
+    eval_examples = data.examples(cell.eval_task, ev.split, ev.limit)
+    n_params = count_parameters(backbone.model)
+    t0 = time.perf_counter()
+    instruction = ""
+    extra: dict[str, Any] = {}
+    train_metrics: dict[str, Any] = {}
+    selection_info: dict[str, Any] = {}
+    tuned: Backbone | None = None
+    settings = method_settings(config, cell)
+    if isinstance(settings, TrainConfig):
+        tc = settings
+        train, selection, selection_info = data.training(cell.train_task, tc.eval_every, tc.eval_limit)
+        if cell.source_task is not None:
+            source = source_cell(config, cell)
+            if not prompt_path(config, source).is_file():
+                raise FileNotFoundError(f"{cell.id}: the prompt of its source cell {source.id} is missing "
+                                        f"({prompt_path(config, source)}); delete {cell_path(config, source)} to "
+                                        "train the source again")
+        # The prompt file and its resume checkpoint live beside the cells: a killed cell continues where it was.
+        result = train_prompt(backbone, train_task, train, tc, prompt_path(config, cell), selection=selection,
+                              selection_info=selection_info, resume=True, progress=progress)
+        pm = PromptedModel(backbone, PromptBank(result.prompt.unsqueeze(0)))
+        train_metrics = result.metrics
+    elif isinstance(settings, ModelTuneConfig):
+        mc = settings
+        train, selection, selection_info = data.training(cell.train_task, mc.eval_every, mc.eval_limit)
+        out = config.out_dir / "models" / cell.id if config.keep_models else None
+        mt = tune_model(backbone, train_task, train, mc, out, selection=selection, selection_info=selection_info,
+                        progress=progress)
+        tuned = mt.backbone
+        pm = PromptedModel(tuned, PromptBank(torch.zeros(1, 0, tuned.hidden_size)))
+        train_metrics = mt.metrics
+        extra = {"loss_first": mt.losses[0], "loss_last": mt.losses[-1]}
+    else:
+        pool = data.examples(cell.eval_task, "train", config.train_limit) if cell.shots else []
+        design = design_prompt(eval_task, backbone.tokenizer, eval_examples, shots=cell.shots, pool=pool,
+                               seed=cell.seed, max_input_tokens=ev.max_input_tokens)
+        pm = PromptedModel(backbone, PromptBank(torch.zeros(1, 0, backbone.hidden_size)))
+        instruction = design.prefix
+        extra = {"shots_used": design.shots}
+    train_seconds = time.perf_counter() - t0
+    metrics, _ = evaluate(pm, eval_task, eval_examples, batch_size=ev.batch_size, instruction=instruction,
+                          max_input_tokens=ev.max_input_tokens, max_new_tokens=ev.max_new_tokens)
+    del tuned, pm  # a model-tuned copy is a whole model: free it before the next cell
+    return {
+        "id": cell.id,
+        "experiment": config.name,
+        "cell": asdict(cell),
+        "model": {"name": cell.model, "type": backbone.model_type, "parameters": n_params,
+                  "hidden_size": backbone.hidden_size},
+        "method": cell.method,
+        "train_task": cell.train_task,
+        "eval_task": cell.eval_task,
+        "metric": eval_task.primary_metric,
+        "score": metrics[eval_task.primary_metric],
+        "metrics": metrics,
+        "eval": {**asdict(ev), "examples": len(eval_examples)},
+        "trainable_params": task_parameters(cell.method, model_parameters=n_params,
+                                            hidden_size=backbone.hidden_size, prompt_length=cell.prompt_length),
+        "train": train_metrics,
+        "selection": selection_info,
+        "config": method_config(config, cell),
+        "train_limit": config.train_limit,
+        "seconds": round(time.perf_counter() - t0, 2),
+        "train_seconds": round(train_seconds, 2),
+        **extra,
+        **provenance(),
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def _write_record(config: ExperimentConfig, cell: Cell, record: dict[str, Any]) -> None:
+    # Written last and atomically: a cell's JSON exists only once the cell is complete.
+    atomic_write(cell_path(config, cell),
+                 lambda tmp: Path(tmp).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n"))
+
+
+def run_experiment(config: ExperimentConfig, *, progress: bool = False,
+                   log: Callable[[str], None] | None = None,
+                   load: Callable[[str], Backbone] = load_backbone) -> RunSummary:
+    """Run every cell whose JSON does not exist yet; returns which cells ran and which were skipped."""
+    preflight(config)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    say = log or (lambda line: print(line, file=sys.stderr, flush=True))
+    grid = cells(config)
+    summary = RunSummary()
+    t0 = time.perf_counter()
+    data = _Data(config)
+    for model in dict.fromkeys(c.model for c in grid):
+        todo = [c for c in grid if c.model == model and not cell_path(config, c).is_file()]
+        summary.skipped += [c.id for c in grid if c.model == model and c not in todo]
+        for cell in list(todo):
+            found = _reusable_in(config, cell)
+            if found is not None:
+                record, grid = found
+                # A prompt-tuning cell's prompt comes along: a transfer cell of this grid may start from it.
+                other = Path(config.output) / grid / "prompts" / f"{cell.id}.safetensors"
+                if other.is_file():
+                    atomic_write(prompt_path(config, cell), lambda tmp, src=other: shutil.copyfile(src, tmp))
+                _write_record(config, cell, record)
+                summary.reused.append(cell.id)
+                todo.remove(cell)
+                say(f"    {cell.id}: reused from {record['reused_from']}")
+        if not todo:
+            continue
+        backbone = load(model)
+        for cell in todo:
+            say(f"[{len(summary.ran) + len(summary.skipped) + 1}/{len(grid)}] {cell.id} ...")
+            record = run_cell(config, cell, backbone, data, progress=progress)
+            _write_record(config, cell, record)
+            summary.ran.append(cell.id)
+            say(f"    {record['metric']} {record['score']:.4f} ({record['seconds']:.1f} s)")
+        del backbone
+    summary.seconds = time.perf_counter() - t0
+    return summary
+
+
+def load_cells(config: ExperimentConfig) -> list[dict[str, Any]]:
+    """The results of the grid's cells that exist (in grid order)."""
+    out = []
+    for c in cells(config):
+        path = cell_path(config, c)
+        if path.is_file():
+            out.append(json.loads(path.read_text()))
+    return out
