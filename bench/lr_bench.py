@@ -46,8 +46,8 @@ def run_cell(model: str, p: int, args: argparse.Namespace, backbone: Any, task: 
     from softprompt.training.loop import TrainConfig, resolve_lr, train_prompt
 
     lr: float | str = args.lr if args.lr == "auto" else float(args.lr)
-    config = TrainConfig(steps=args.steps, batch_size=args.batch_size, prompt_length=p, init=args.init, lr=lr,
-                         seed=args.seed, eval_every=0, max_input_tokens=128, save_every=10)
+    config = TrainConfig(steps=args.steps, batch_size=args.batch_size, grad_accum=args.grad_accum, prompt_length=p,
+                         init=args.init, lr=lr, seed=args.seed, eval_every=0, max_input_tokens=128, save_every=10)
     out = WORK / f"{model}_P{p}_{args.label}.safetensors"
     load_before = [round(x, 2) for x in os.getloadavg()]
     t0 = time.perf_counter()
@@ -59,7 +59,8 @@ def run_cell(model: str, p: int, args: argparse.Namespace, backbone: Any, task: 
     return {
         "model": model, "prompt_length": p, "label": args.label, "lr_setting": args.lr,
         "lr": resolve_lr(config, backbone), "embedding_std": backbone.embedding_std(), "init": args.init,
-        "steps": len(losses), "batch_size": args.batch_size, "seed": args.seed, "task": "sst2",
+        "steps": len(losses), "batch_size": args.batch_size, "grad_accum": args.grad_accum, "seed": args.seed,
+        "task": "sst2",
         "losses": [round(x, 5) for x in losses], "largest_jump": round(largest_jump(losses), 5),
         "first_loss": losses[0], "last10_mean_loss": sum(losses[-10:]) / len(losses[-10:]),
         "seconds": round(seconds, 1), "seconds_per_step": round(seconds / max(1, len(losses)), 3),
@@ -113,6 +114,8 @@ def main() -> int:
     ap.add_argument("--prompt-lengths", nargs="+", type=int, default=[5, 20, 50, 100])
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--batch-size", type=int, default=16, help="the trainer's default batch")
+    ap.add_argument("--grad-accum", type=int, default=1,
+                    help="micro-batches per step (the same update as one batch; less memory for the 1.5B model)")
     ap.add_argument("--lr", default="auto", help="'auto' or a number")
     ap.add_argument("--label", default="auto", help="name of this lr setting in the cell files (auto, paper, ...)")
     ap.add_argument("--init", default="class-label")
