@@ -206,7 +206,7 @@ def _score(r: dict[str, Any]) -> str:
     return f"{text} ± {100 * r['std']:.1f}" if r["n"] > 1 else text
 
 
-def _checkpoint_line(r: dict[str, Any]) -> str:
+def checkpoint_line(r: dict[str, Any]) -> str:
     """How a tuned cell chose the step it kept, from its record: the selection slice and its score at every eval."""
     sel, train = r.get("selection") or {}, r.get("train") or {}
     steps = r["config"].get("steps")
@@ -245,5 +245,5 @@ def summary_lines(records: Iterable[dict[str, Any]]) -> list[str]:
             what += f", {cfg.get('steps')} steps of batch {cfg.get('batch_size')}, seed {c['seed']}"
             gain = "" if zero_shot is None else f" ({100 * (r['score'] - zero_shot):+.1f} points over prompt design)"
             lines += [f"  after: {r['method'].replace('-', ' ')} ({what}): {r['score']:.4f}{gain}",
-                      f"    {_checkpoint_line(r)}"]
+                      f"    {checkpoint_line(r)}"]
     return lines
