@@ -15,7 +15,8 @@ import argparse
 import json
 from pathlib import Path
 
-from softprompt.experiments.resultspage import ensemble_table, neighbor_table, pct  # the results page's tables too
+from softprompt.experiments.ensemblepage import ensemble_table, neighbor_table  # the results page's tables too
+from softprompt.experiments.records import pct
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -24,7 +24,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from softprompt.experiments.resultspage import PAGE, measure_floors, render, write_page
+    from softprompt.experiments.records import measure_floors
+    from softprompt.experiments.resultspage import PAGE, render, write_page
 
     if args.floors:
         print(f"wrote {measure_floors(args.root, args.data_dir)}")

@@ -7,10 +7,14 @@ committed records (paths from the repository root):
   :data:`GRIDS`, each listing the settings its cells recorded;
 - ``results/sst2_<model>.json``: the SST-2 headline measured by the script that ``configs/sst2.yaml`` replaced;
 - ``results/majority.json``: the majority floor of every (task, split, limit) the grids evaluate, measured from the
-  data sets by ``softprompt report --floors`` (:func:`measure_floors`), the one step that reads data;
+  data sets by ``softprompt report --floors`` (:func:`softprompt.experiments.records.measure_floors`), the one step
+  that reads data;
 - ``docs/data/ensembles/``: ensemble results (``softprompt ensemble --out``), the prompts' ``train --json`` lines and
   the nearest-token JSON; ``results/ensembles_cpu/*.safetensors``: the ensemble's prompt files (their settings);
 - ``bench/results/*.json``: the benchmarks, listed with the documents that read them.
+
+The records are read by :mod:`softprompt.experiments.records`; the ensemble tables are
+:mod:`softprompt.experiments.ensemblepage`'s.
 
 The prose readings are a person's, kept as files beside the records and included as they are:
 ``docs/data/results/reading.md`` and ``docs/data/ensembles/reading.md``. ``tests/test_resultspage.py`` regenerates the
@@ -19,23 +23,21 @@ page from the committed records and compares it with the committed page byte for
 
 from __future__ import annotations
 
-import contextlib
 import json
 import textwrap
 from collections import Counter, defaultdict
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from softprompt.core.files import atomic_write
+from softprompt.experiments.ensemblepage import ensemble_chose_nothing, ensemble_runs, ensembles_section
 from softprompt.experiments.grid import slug
+from softprompt.experiments.records import COMMAND, Records, fmt, pct_or_blank, values
 from softprompt.experiments.report import checkpoint_line
 
-__all__ = ["GRIDS", "MAIN_JOB", "PAGE", "Records", "ensemble_table", "measure_floors", "neighbor_table", "render",
-           "write_page"]
+__all__ = ["GRIDS", "MAIN_JOB", "PAGE", "render", "write_page"]
 
 PAGE = Path("docs") / "results.md"
-FLOORS = Path("results") / "majority.json"
 MAIN_JOB = "sst2"
 """the grid of ``configs/sst2.yaml``, the README's first command, when its cells are committed (``--output results``)"""
 GRIDS = ("paper_cpu", "ablation_length_cpu", "ablation_init_cpu", "pt_budget_cpu", "pt_budget_gemma_cpu",
@@ -43,52 +45,6 @@ GRIDS = ("paper_cpu", "ablation_length_cpu", "ablation_init_cpu", "pt_budget_cpu
 """the committed grids the page reads, in the order of their sections"""
 METHODS = ("prompt-design", "prompt-tuning", "model-tuning")
 SHORT = {"prompt-design": "PD", "prompt-tuning": "PT", "model-tuning": "MT"}
-COMMAND = "softprompt report"
-
-
-class Records:
-    """The records under a repository root, each file read once."""
-
-    def __init__(self, root: str | Path) -> None:
-        self.root = Path(root)
-        self._cells: dict[str, list[dict[str, Any]]] = {}
-        self._floors: dict[tuple[str, str, int | None], float] | None = None
-
-    def cells(self, grid: str) -> list[dict[str, Any]]:
-        if grid not in self._cells:
-            folder = self.root / "results" / grid / "cells"
-            self._cells[grid] = [json.loads(f.read_text()) for f in sorted(folder.glob("*.json"))]
-        return self._cells[grid]
-
-    def floor(self, task: str, split: str, limit: int | None) -> float | None:
-        """The majority floor (×100) of ``task``'s first ``limit`` examples of ``split``; None if not measured."""
-        if self._floors is None:
-            path = self.root / FLOORS
-            entries = json.loads(path.read_text())["floors"] if path.is_file() else []
-            self._floors = {(e["task"], e["split"], e["limit"]): 100 * e["score"] for e in entries}
-        return self._floors.get((task, split, limit))
-
-    def cell_floor(self, cell: dict[str, Any]) -> float | None:
-        return self.floor(cell["cell"]["eval_task"], cell["eval"]["split"], cell["eval"]["limit"])
-
-
-# ----------------------------------------------------------------------------------------------- formatting helpers
-
-
-def pct_or_blank(value: float | None) -> str:
-    return "" if value is None else f"{value:.1f}"
-
-
-def _fmt(value: Any) -> str:
-    return f"{value:g}" if isinstance(value, float) else str(value)
-
-
-def _values(values: Iterable[Any]) -> str:
-    """One value as itself, several as a set: ``20`` or ``{1, 5, 20}``."""
-    distinct = list(dict.fromkeys(values))
-    with contextlib.suppress(TypeError):  # mixed types (a number and "auto") keep their order
-        distinct = sorted(distinct)
-    return _fmt(distinct[0]) if len(distinct) == 1 else "{" + ", ".join(map(_fmt, distinct)) + "}"
 
 
 def settings_line(cells: list[dict[str, Any]]) -> str:
@@ -98,25 +54,25 @@ def settings_line(cells: list[dict[str, Any]]) -> str:
     by = {m: [c for c in cells if c["method"] == m] for m in METHODS}
     if by["prompt-design"]:
         shots = {c["cell"]["shots"] for c in by["prompt-design"]}
-        parts.append("prompt design " + ("zero-shot" if shots == {0} else f"{_values(shots)}-shot"))
+        parts.append("prompt design " + ("zero-shot" if shots == {0} else f"{values(shots)}-shot"))
     for method in ("prompt-tuning", "model-tuning"):
         rs = by[method]
         if not rs:
             continue
         cfg = [r["config"] for r in rs]
-        what = f"P = {_values(r['cell']['prompt_length'] for r in rs)}, {_values(r['cell']['init'] for r in rs)} " \
+        what = f"P = {values(r['cell']['prompt_length'] for r in rs)}, {values(r['cell']['init'] for r in rs)} " \
                "init, " if method == "prompt-tuning" else ""
-        parts.append(f"{method.replace('-', ' ')} {what}{_values(c['optimizer'] for c in cfg)} lr "
-                     f"{_values(c['lr'] for c in cfg)}, {_values(c['steps'] for c in cfg)} steps of batch "
-                     f"{_values(c['batch_size'] for c in cfg)}")
+        parts.append(f"{method.replace('-', ' ')} {what}{values(c['optimizer'] for c in cfg)} lr "
+                     f"{values(c['lr'] for c in cfg)}, {values(c['steps'] for c in cfg)} steps of batch "
+                     f"{values(c['batch_size'] for c in cfg)}")
     tokens = [c["eval"]["max_input_tokens"] for c in cells] + \
         [c["config"]["max_input_tokens"] for c in cells if "max_input_tokens" in c["config"]]
-    parts.append(f"inputs cut to their last {_values(tokens)} tokens")
+    parts.append(f"inputs cut to their last {values(tokens)} tokens")
     limits = {c["eval"]["limit"] for c in cells}
-    split = _values(c["eval"]["split"] for c in cells)
+    split = values(c["eval"]["split"] for c in cells)
     parts.append(f"all {split} examples" if limits == {None} else
-                 f"first {_values(x for x in limits if x is not None)} {split} examples per task")
-    parts.append(f"{_values(c['machine']['threads'] for c in cells)} CPU threads")
+                 f"first {values(x for x in limits if x is not None)} {split} examples per task")
+    parts.append(f"{values(c['machine']['threads'] for c in cells)} CPU threads")
     reused = Counter(c["reused_from"] for c in cells if c.get("reused_from"))
     parts += [f"{n} of the cells copied from `{grid}` (same settings, not trained again)" for grid, n in reused.items()]
     return "Settings, as the cells recorded them: " + "; ".join(parts) + "."
@@ -342,7 +298,7 @@ def ablation_section(rec: Records, name: str, axis: str, title: str) -> list[str
 def _budget(cells: list[dict[str, Any]], method: str) -> tuple[str, str]:
     """(steps, lr) of a method's cells, as recorded."""
     rs = [c for c in cells if c["method"] == method]
-    return _values(c["config"]["steps"] for c in rs), _values(c["config"]["lr"] for c in rs)
+    return values(c["config"]["steps"] for c in rs), values(c["config"]["lr"] for c in rs)
 
 
 def budget_section(rec: Records, names: list[str], reference: str = "paper_cpu") -> list[str]:
@@ -357,7 +313,7 @@ def budget_section(rec: Records, names: list[str], reference: str = "paper_cpu")
     ref = rec.cells(reference)
     pt_steps, pt_lr = _budget(ref, "prompt-tuning")
     mt_steps, _ = _budget(ref, "model-tuning")
-    paper = "the paper's " if pt_lr == _fmt(RECIPES["paper"]["lr"]) else ""
+    paper = "the paper's " if pt_lr == fmt(RECIPES["paper"]["lr"]) else ""
     lines = ["## Prompt tuning with a longer budget (" + ", ".join(f"`configs/{n}.yaml`" for n, _ in grids) + ")",
              ""]
     lines += [f"- `{name}`: {settings_line(cells)} {selection_line(cells)}" for name, cells in grids]
@@ -427,7 +383,7 @@ def reading_section(rec: Records) -> list[str]:
     grids = ", ".join(f"{n} {words[k]}" for k, n in kinds.most_common())
     headline = [json.loads(p.read_text())["train"]["selection"]
                 for p in sorted((rec.root / "results").glob("sst2_*.json"))]
-    ensembles = _ensemble_runs(rec)
+    ensembles = ensemble_runs(rec)
     text = ("**Selection never touches a reported example.** A tuned run may keep its best step only by scores on "
             "the selection slice held out from the *train* split (`softprompt.tasks.selection`); the validation "
             "split is only reported. Every table says how its cells chose their checkpoint; a score selected on the "
@@ -435,7 +391,7 @@ def reading_section(rec: Records) -> list[str]:
             f"{len(runs)} tuned runs: {grids}."
             + "".join(f" The SST-2 headline: {h}." for h in headline)
             + (" The ensemble prompts chose nothing (one score after the last step)."
-               if ensembles and _ensemble_chose_nothing(ensembles) else ""))
+               if ensembles and ensemble_chose_nothing(ensembles) else ""))
     reading = rec.root / "docs" / "data" / "results" / "reading.md"
     lines = ["## How to read these numbers", ""]
     if reading.is_file():
@@ -445,125 +401,6 @@ def reading_section(rec: Records) -> list[str]:
     if reading.is_file():
         lines += reading.read_text().strip().splitlines()
     return [*lines, ""]
-
-
-# -------------------------------------------------------------------------------------------------------- ensembles
-
-
-def pct(x: float) -> str:
-    return f"{100 * x:.1f}"
-
-
-def ensemble_table(results: list[dict[str, Any]]) -> list[str]:
-    """The paper's Table 3 layout: one column per task, rows for each prompt and each combination."""
-    names = [r["name"] for r in results[0]["per_prompt"]]
-    head = "| | " + " | ".join(f"{r['task']} ({r['examples']} ex., {r['metric']})" for r in results) + " |"
-    lines = [head, "|---" * (len(results) + 1) + "|"]
-    for i in range(len(names)):
-        label = names[i].split("-")[-1]  # sst2-seed1 → seed1: the same seed across tasks
-        lines.append(f"| prompt {label} | " + " | ".join(pct(r["per_prompt"][i][r["metric"]]) for r in results) + " |")
-    for key, label in [("average", f"average of the {len(names)}"), ("best", "best single (chosen on these examples)"),
-                       ("vote", "**majority vote**"), ("mean_prob", "**mean probability**")]:
-        lines.append(f"| {label} | " + " | ".join(pct(r[f"{key}_{r['metric']}"]) for r in results) + " |")
-    return lines
-
-
-def neighbor_table(nb: dict[str, Any], drift: dict[str, Any] | None) -> list[str]:
-    """One row per prompt position: norm, top-k neighbours; with ``drift``, the init token and where it ranks now."""
-    k = nb["k"]
-    extra = ["init token", "its rank now", "cos(init, trained)"] if drift else []
-    lines = ["| pos | norm | " + " | ".join([f"#{j + 1}" for j in range(k)] + extra) + " |",
-             "|---" * (k + 2 + len(extra)) + "|"]
-    for p in nb["positions"]:
-        cells = [f"`{n['token']!r}` {n['cosine']:.2f}".replace("|", "\\|") for n in p["neighbors"]]
-        if drift:
-            d = drift["positions"][p["position"]]
-            cells += [f"`{d['init_token']!r}`", str(d["init_token_rank_now"]), f"{d['cosine_to_init']:.2f}"]
-        lines.append(f"| {p['position']} | {p['norm']:.2f} | " + " | ".join(cells) + " |")
-    return lines
-
-
-ENSEMBLE_DATA = Path("docs") / "data" / "ensembles"
-ENSEMBLE_PROMPTS = Path("results") / "ensembles_cpu"
-ENSEMBLE_TASKS = ("sst2", "copa")
-
-
-def _ensemble_runs(rec: Records) -> list[dict[str, Any]]:
-    """The ensemble prompts' ``softprompt train --json`` lines."""
-    data = rec.root / ENSEMBLE_DATA
-    return [json.loads(line) for t in ENSEMBLE_TASKS if (data / f"train_{t}.jsonl").is_file()
-            for line in (data / f"train_{t}.jsonl").read_text().splitlines() if line.strip()]
-
-
-def _ensemble_chose_nothing(runs: list[dict[str, Any]]) -> bool:
-    return all("best_step" not in r or r["best_step"] == r["steps"] for r in runs) and any(
-        k.startswith("best_val_") for r in runs for k in r)
-
-
-def ensemble_configs(rec: Records, results: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The ensemble prompts' train_config, read from their committed prompt files (empty: a file is missing)."""
-    from softprompt.core.promptfile import load_prompt
-
-    files = [rec.root / ENSEMBLE_PROMPTS / f"{name}.safetensors" for r in results for name in r["prompts"]]
-    if not files or not all(f.is_file() for f in files):
-        return []
-    return [load_prompt(f).meta.train_config for f in files]
-
-
-def ensemble_selection(rec: Records, configs: list[dict[str, Any]]) -> str:
-    """How the ensemble's prompts chose their checkpoint, from their train lines (and prompt files)."""
-    runs = _ensemble_runs(rec)
-    if not runs:
-        return ""
-    if _ensemble_chose_nothing(runs):
-        first = f"first {_values(c['eval_limit'] for c in configs)}" if configs else "first"
-        return (f"Checkpoint selection: none; each training run scored the {first} validation examples once, after "
-                "its last step (the `best_val_*` of its file), so nothing was chosen on them, but those are among "
-                "the examples reported here: this version selects on a slice of train instead.")
-    if all("selection" in r and r["selection"].get("split") == "train" for r in runs):
-        return "Checkpoint selection: on the slice held out from train."
-    return "**Checkpoint selection: on the validation split reported here (before the held-out slice existed).**"
-
-
-def ensemble_settings(configs: list[dict[str, Any]]) -> str:
-    """The prompts' training settings, as their files record them."""
-    if not configs:
-        return ""
-    return (f"The prompts (files in `{ENSEMBLE_PROMPTS}/`): {_values(c['steps'] for c in configs)} steps of batch "
-            f"{_values(c['batch_size'] for c in configs)}, {_values(c['optimizer'] for c in configs)} lr "
-            f"{_values(c['lr'] for c in configs)}, P = {_values(c['prompt_length'] for c in configs)}, "
-            f"{_values(c['init'] for c in configs)} init, one per seed in {_values(c['seed'] for c in configs)}.")
-
-
-def ensembles_section(rec: Records) -> list[str]:
-    """The ensemble table (the paper's Table 3 layout) and the nearest tokens of one prompt, from the JSON that
-    docs/ensembles.md is built from."""
-    data = rec.root / ENSEMBLE_DATA
-    files = [data / f"ensemble_{t}.json" for t in ENSEMBLE_TASKS]
-    if not all(f.is_file() for f in files):
-        return []
-    results = [json.loads(f.read_text()) for f in files]
-    configs = ensemble_configs(rec, results)
-    models = _values(r["model"] for r in results)
-    lines = [f"## Prompt ensembles ({models}, {_values(len(r['prompts']) for r in results)} prompts per task)", "",
-             *ensemble_table(results), "",
-             " ".join(x for x in (ensemble_settings(configs), "The best single prompt is chosen on the "
-                                  "evaluated examples (an oracle).", ensemble_selection(rec, configs),
-                                  "Settings, commands and the reading: [`docs/ensembles.md`](ensembles.md).") if x),
-             ""]
-    nb_file, drift_file = data / "neighbors.json", data / "drift.json"
-    if nb_file.is_file():
-        nb = json.loads(nb_file.read_text())
-        drift = json.loads(drift_file.read_text()) if drift_file.is_file() else None
-        lines += [f"## Nearest vocabulary tokens of one trained prompt ({nb['file']})", "",
-                  *neighbor_table(nb, drift), "", "![nearest-neighbour heat map](data/ensembles/neighbors.png)", ""]
-        if (data / "reading.md").is_file():
-            lines += [*(data / "reading.md").read_text().strip().splitlines(), ""]
-    lines += ["## Ensembles and nearest tokens: details", "",
-              "How the ensemble prompts were trained and evaluated, what the table says, the batched-vs-sequential "
-              "benchmark, and the nearest-vocabulary table of a trained prompt with its reading: "
-              "[`docs/ensembles.md`](ensembles.md) (regenerated by `python scripts/ensembles_doc.py`).", ""]
-    return lines
 
 
 def bench_section(rec: Records) -> list[str]:
@@ -621,37 +458,3 @@ def write_page(root: str | Path = ".", out: str | Path | None = None) -> Path:
     return path
 
 
-# ----------------------------------------------------------------------------------------------------------- floors
-
-
-def majority_floor(examples: list[Any]) -> dict[str, Any]:
-    """The score of always answering the examples' most common target; for tasks whose choices differ per example
-    (COPA) the chance of a uniform guess."""
-    counts = Counter(e.target for e in examples)
-    target, n = counts.most_common(1)[0]
-    if n == 1 and examples[0].choices:  # every target unique: per-example choices
-        return {"rule": "uniform over the choices", "target": None, "score": 1 / len(examples[0].choices)}
-    return {"rule": "most common target", "target": target, "score": n / len(examples)}
-
-
-def measure_floors(root: str | Path = ".", data_dir: str | Path | None = None) -> Path:
-    """Measure the majority floor of every (eval task, split, limit) of the committed grids' cells from the data sets
-    and write ``<root>/results/majority.json`` (the one record of the page that reads data)."""
-    from softprompt.tasks import get_task
-
-    root = Path(root)
-    keys = sorted({(c["cell"]["eval_task"], c["eval"]["split"], c["eval"]["limit"])
-                   for grid in sorted((root / "results").glob("*/cells"))
-                   for c in (json.loads(f.read_text()) for f in sorted(grid.glob("*.json")))},
-                  key=lambda k: (k[0], k[1], -1 if k[2] is None else k[2]))
-    floors = []
-    for task, split, limit in keys:
-        examples = get_task(task).examples(split, Path(data_dir) if data_dir else None, limit=limit)
-        floors.append({"task": task, "split": split, "limit": limit, "examples": len(examples),
-                       **majority_floor(examples)})
-    record = {"what": "the majority floor of the examples each committed grid evaluates: the score of always "
-                      "answering their most common target (per-example choices: a uniform guess)",
-              "command": f"{COMMAND} --floors", "floors": floors}
-    path = root / FLOORS
-    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(record, indent=2) + "\n"))
-    return path
