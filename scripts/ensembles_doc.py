@@ -15,25 +15,10 @@ import argparse
 import json
 from pathlib import Path
 
+from softprompt.experiments.ensemblepage import ensemble_table, neighbor_table  # the results page's tables too
+from softprompt.experiments.records import pct
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def pct(x: float) -> str:
-    return f"{100 * x:.1f}"
-
-
-def ensemble_table(results: list[dict]) -> list[str]:
-    """The paper's Table 3 layout: one column per task, rows for each prompt and each combination."""
-    names = [r["name"] for r in results[0]["per_prompt"]]
-    head = "| | " + " | ".join(f"{r['task']} ({r['examples']} ex., {r['metric']})" for r in results) + " |"
-    lines = [head, "|---" * (len(results) + 1) + "|"]
-    for i in range(len(names)):
-        label = names[i].split("-")[-1]  # sst2-seed1 → seed1: the same seed across tasks
-        lines.append(f"| prompt {label} | " + " | ".join(pct(r["per_prompt"][i][r["metric"]]) for r in results) + " |")
-    for key, label in [("average", "average of the 5"), ("best", "best single (chosen on these examples)"),
-                       ("vote", "**majority vote**"), ("mean_prob", "**mean probability**")]:
-        lines.append(f"| {label} | " + " | ".join(pct(r[f"{key}_{r['metric']}"]) for r in results) + " |")
-    return lines
 
 
 def train_lines(data: Path, tasks: list[str]) -> list[str]:
@@ -51,21 +36,6 @@ def train_lines(data: Path, tasks: list[str]) -> list[str]:
         out.append(f"- {task}: {runs[0]['steps']} steps per seed; {name} of the kept step on {where}: {vals}; "
                    f"{secs / 60:.1f} min of training for the 5 seeds.")
     return out
-
-
-def neighbor_table(nb: dict, drift: dict | None) -> list[str]:
-    """One row per prompt position: norm, top-k neighbours; with ``drift``, the init token and where it ranks now."""
-    k = nb["k"]
-    extra = ["init token", "its rank now", "cos(init, trained)"] if drift else []
-    lines = ["| pos | norm | " + " | ".join([f"#{j + 1}" for j in range(k)] + extra) + " |",
-             "|---" * (k + 2 + len(extra)) + "|"]
-    for p in nb["positions"]:
-        cells = [f"`{n['token']!r}` {n['cosine']:.2f}".replace("|", "\\|") for n in p["neighbors"]]
-        if drift:
-            d = drift["positions"][p["position"]]
-            cells += [f"`{d['init_token']!r}`", str(d["init_token_rank_now"]), f"{d['cosine_to_init']:.2f}"]
-        lines.append(f"| {p['position']} | {p['norm']:.2f} | " + " | ".join(cells) + " |")
-    return lines
 
 
 def speed_reading(bench: dict) -> list[str]:

@@ -231,10 +231,7 @@ def test_reuse_copies_only_cells_with_the_same_settings(sweep_dir: Path, tmp_pat
 
 
 def test_results_page_marks_scores_selected_on_the_split_they_report() -> None:
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-    from write_results_md import mark, selection_kind, selection_line
+    from softprompt.experiments.resultspage import mark, selection_kind, selection_line
 
     def cell(method: str = "prompt-tuning", eval_every: int = 0, train: str = "cb", **extra: object) -> dict:
         return {"method": method, "config": {"eval_every": eval_every, "steps": 30},

@@ -21,13 +21,15 @@ from softprompt.cli import (
     experiments,
     inspection,
     models,
+    resultspage,
     serving,
     tasklist,
     training,
 )
 
 # Command groups, in --help order. Add a module here to add commands.
-COMMANDS = [training, evaluation, ensembles, experiments, adaptation, inspection, models, tasklist, serving, convert]
+COMMANDS = [training, evaluation, ensembles, experiments, resultspage, adaptation, inspection, models, tasklist,
+            serving, convert]
 
 
 def build_parser() -> argparse.ArgumentParser:

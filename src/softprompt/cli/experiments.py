@@ -1,9 +1,14 @@
-"""``softprompt experiment CONFIG.yaml``: run a grid of cells (resumable), or write its report."""
+"""``softprompt experiment CONFIG.yaml``: run a grid of cells (resumable), or write its report.
+
+After a run it prints, per model and task, prompt design next to the tuned cells and how each chose its checkpoint
+(:func:`softprompt.experiments.report.summary_lines`); ``--json`` prints only the summary line.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from softprompt.cli.common import emit
@@ -16,7 +21,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                                           "--report its results as markdown + PNG plots")
     p.add_argument("config", type=Path, help="experiment config (.yaml), see configs/")
     p.add_argument("--report", action="store_true", help="only write the report from the finished cells")
-    p.add_argument("--report-dir", type=Path, default=None, help="report folder (default: the config's)")
+    p.add_argument("--output", type=Path, default=None,
+                   help="folder of the grid's cells, <output>/<name>/ (default: the config's output, else runs/, "
+                        "which git ignores; --output results to commit a campaign's cells)")
+    p.add_argument("--report-dir", type=Path, default=None,
+                   help="report folder (default: the config's report_dir/<name>/, else <output>/<name>/report/)")
+    p.add_argument("--data-dir", type=Path, default=None,
+                   help="data root (default: the config's data_dir, else $SOFTPROMPT_DATA_DIR, else ../shared/data)")
     p.add_argument("--dry-run", action="store_true",
                    help="validate and list the cells (models need not be installed); train nothing")
     p.add_argument("--progress", action="store_true", help="per-step progress bars")
@@ -25,9 +36,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from softprompt.experiments.report import write_report
+    from softprompt.experiments.report import summary_lines, write_report
+    from softprompt.experiments.runner import load_cells
 
     config = load_config(args.config)
+    if args.output is not None:
+        config = replace(config, output=str(args.output))
+    if args.data_dir is not None:
+        config = replace(config, data_dir=str(args.data_dir))
     if args.dry_run:
         preflight(config, check_models=False)
         for c in cells(config):
@@ -40,7 +56,9 @@ def run(args: argparse.Namespace) -> int:
     if not args.report:
         summary = run_experiment(config, progress=args.progress)
         result = {"ran": len(summary.ran), "skipped": len(summary.skipped), "reused": len(summary.reused),
-                  "seconds": round(summary.seconds, 2)}
+                  "seconds": round(summary.seconds, 2), "cells_dir": str(config.out_dir / "cells")}
+        if not args.json:
+            print("\n".join(summary_lines(load_cells(config))))
     else:
         result = {}
     result["report"] = str(write_report(config, args.report_dir))

@@ -98,10 +98,11 @@ class ExperimentConfig:
     train_limit: int | None = None
     """first N training examples of each task (None: all)"""
     data_dir: str | None = None
-    output: str = "results"
-    """cells go to <output>/<name>/cells/"""
-    report_dir: str = "docs/results"
-    """the report goes to <report_dir>/<name>/"""
+    output: str = "runs"
+    """cells go to <output>/<name>/cells/ (the default, ``runs``, is git-ignored: committing a campaign's cells is a
+    choice, ``output: results`` or ``softprompt experiment --output results``)"""
+    report_dir: str | None = None
+    """the report goes to <report_dir>/<name>/ (None: <output>/<name>/report/, beside the cells)"""
     threads: int | None = None
     keep_models: bool = False
     """keep each model-tuning cell's model folder (one full model per cell)"""
@@ -116,7 +117,7 @@ class ExperimentConfig:
 
     @property
     def report_path(self) -> Path:
-        return Path(self.report_dir) / self.name
+        return Path(self.report_dir) / self.name if self.report_dir is not None else self.out_dir / "report"
 
 
 # Grid axes may not be set inside the per-method sections: the grid would silently override them.

@@ -8,6 +8,9 @@ Plots (written only when the grid has the data for them):
 - ``prompt_length.png`` / ``init.png``: prompt-tuning ablations against model size, one line per prompt length (at
   the first init) or per init (at the first length) — the paper's Figure 3.
 - Domain shift (train→eval pairs) is a table: train task, eval task, and the score per model and method.
+
+:func:`summary_lines` is the short text ``softprompt experiment`` prints after a run: per model and task, prompt
+design (before) next to the tuned cells (after), and how each tuned cell chose its checkpoint.
 """
 
 from __future__ import annotations
@@ -201,3 +204,46 @@ def _setting(r: dict[str, Any]) -> str:
 def _score(r: dict[str, Any]) -> str:
     text = f"{100 * r['mean']:.1f}"
     return f"{text} ± {100 * r['std']:.1f}" if r["n"] > 1 else text
+
+
+def checkpoint_line(r: dict[str, Any]) -> str:
+    """How a tuned cell chose the step it kept, from its record: the selection slice and its score at every eval."""
+    sel, train = r.get("selection") or {}, r.get("train") or {}
+    steps = r["config"].get("steps")
+    if not sel:
+        return f"checkpoint: the last of {steps} steps (no selection, eval_every 0)"
+    history = ", ".join(f"step {h['step']} {h[r['metric']]:.4f}" for h in train.get("history", []))
+    return (f"checkpoint: step {train.get('best_step')} of {steps}, chosen on {sel.get('examples')} examples held out "
+            f"from {sel.get('split')} (the selection slice: {sel.get('size')} examples, seed {sel.get('seed')}), "
+            f"never on the reported split; selection {r['metric']}: {history or 'not recorded'}")
+
+
+def summary_lines(records: Iterable[dict[str, Any]]) -> list[str]:
+    """Per (model, train task, eval task) of the finished cells: prompt design (the task's hand-written instruction;
+    "before") and the tuned cells ("after", with the points gained over zero-shot prompt design and how the
+    checkpoint was chosen)."""
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = defaultdict(list)
+    for r in records:
+        groups[(r["cell"]["model"], r["cell"]["train_task"], r["cell"]["eval_task"])].append(r)
+    order = {"prompt-design": 0, "prompt-tuning": 1, "model-tuning": 2}
+    lines = []
+    for (model, train_task, eval_task), rs in groups.items():
+        rs = sorted(rs, key=lambda r: order.get(r["method"], 3))
+        first = rs[0]
+        task = slug(eval_task) if train_task == eval_task else f"{slug(train_task)} → {slug(eval_task)}"
+        lines.append(f"{task} on {slug(model)} ({first['eval']['split']}, {first['eval']['examples']} examples, "
+                     f"{first['metric']}):")
+        zero_shot = next((r["score"] for r in rs if r["method"] == "prompt-design" and r["cell"]["shots"] == 0), None)
+        for r in rs:
+            c, cfg = r["cell"], r["config"]
+            if r["method"] == "prompt-design":
+                what = "the task's hand-written instruction" + (f" + {r.get('shots_used', c['shots'])} solved "
+                                                                 "examples" if c["shots"] else ", zero-shot")
+                lines.append(f"  before: prompt design ({what}): {r['score']:.4f}")
+                continue
+            what = f"P = {c['prompt_length']}, {c['init']} init" if r["method"] == "prompt-tuning" else "all weights"
+            what += f", {cfg.get('steps')} steps of batch {cfg.get('batch_size')}, seed {c['seed']}"
+            gain = "" if zero_shot is None else f" ({100 * (r['score'] - zero_shot):+.1f} points over prompt design)"
+            lines += [f"  after: {r['method'].replace('-', ' ')} ({what}): {r['score']:.4f}{gain}",
+                      f"    {checkpoint_line(r)}"]
+    return lines

@@ -175,7 +175,8 @@ def run_cell(config: ExperimentConfig, cell: Cell, backbone: Backbone, data: _Da
         result = train_prompt(backbone, train_task, train, tc, prompt_path(config, cell), selection=selection,
                               selection_info=selection_info, resume=True, progress=progress)
         pm = PromptedModel(backbone, PromptBank(result.prompt.unsqueeze(0)))
-        train_metrics = result.metrics
+        # The selection scores of every eval, so a record shows why its step was kept (empty: nothing selected).
+        train_metrics = {**result.metrics, "history": result.state.history}
     elif isinstance(settings, ModelTuneConfig):
         mc = settings
         train, selection, selection_info = data.training(cell.train_task, mc.eval_every, mc.eval_limit)

@@ -1,8 +1,8 @@
 """The selection slice: the examples training chooses its best checkpoint on, held out from a task's *train* split.
 
 Selection and reporting never share examples (docs/design.md). ``softprompt eval`` reports on the official
-validation split; training (``softprompt train``, ``train --seeds``, experiment grids with ``eval_every > 0``,
-scripts/sst2_results.py) selects on a slice of train that it does not train on, cut here and only here:
+validation split; training (``softprompt train``, ``train --seeds``, experiment grids with ``eval_every > 0`` such as
+the main job, configs/sst2.yaml) selects on a slice of train that it does not train on, cut here and only here:
 
 - **size:** ``--selection-size`` examples; by default 10 % of the train split, at least 32 and at most 500, and
   never more than half of it (ReCoRD's FewGLUE train has 32 examples: 16 are held out);
