@@ -29,7 +29,7 @@ from softprompt.core.prompted import PromptedModel
 from softprompt.evaluation.scoring import evaluate
 from softprompt.tasks import get_task
 from softprompt.tasks.selection import selection_split
-from softprompt.training.loop import TrainConfig, train_prompt
+from softprompt.training.prompt_tuning import TrainConfig, train_prompt
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -19,7 +19,7 @@ from softprompt.experiments.report import write_report
 from softprompt.experiments.runner import cell_path, method_settings, prompt_path, run_experiment
 from softprompt.tasks import get_task
 from softprompt.tasks.selection import SELECTION_SEED
-from softprompt.training.loop import initial_prompt
+from softprompt.training.prompt_tuning import initial_prompt
 from tests.toytask import write_task
 
 
