@@ -126,6 +126,34 @@ def test_in_process_resume_equals_uninterrupted(tmp_path: Path, reparam: str) ->
                      progress=False)
 
 
+def test_a_checkpoint_from_before_the_shared_loop_resumes(tmp_path: Path) -> None:
+    """The prompt-tuning checkpoint layout before one loop served every method (``prompt`` [P, H], ``bank.*``,
+    ``optimizer.*``; no RNG, no losses) still resumes, to the uninterrupted run's prompt."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    task = toy_task(tmp_path)
+    examples = task.examples("train")
+    full = TrainConfig(steps=6, batch_size=4, prompt_length=3, eval_every=0, save_every=1, reparam="residual",
+                       reparam_bottleneck=6)
+    a = train_prompt(tiny_backbone("llama"), task, examples, full, tmp_path / "a.safetensors", progress=False)
+    half = TrainConfig(**{**full.__dict__, "steps": 4})
+    train_prompt(tiny_backbone("llama"), task, examples, half, tmp_path / "b.safetensors", progress=False)
+    ckpt = tmp_path / "b.ckpt.safetensors"
+    with safe_open(str(ckpt), framework="pt") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    old = {k: v for k, v in tensors.items() if k.startswith("optimizer.")}
+    old["prompt"] = tensors["param.weight"][0]
+    old.update({"bank." + k[len("param."):]: v for k, v in tensors.items()
+                if k.startswith("param.") and k != "param.weight"})
+    state = json.loads(meta["state"])
+    del state["losses"]
+    save_file(old, str(ckpt), metadata={**meta, "state": json.dumps(state)})
+    b = train_prompt(tiny_backbone("llama"), task, examples, full, tmp_path / "b.safetensors", resume=True,
+                     progress=False)
+    assert torch.equal(a.prompt, b.prompt)
+
+
 def _train_cmd(model: Path, data: Path, out: Path, steps: int, *extra: str) -> list[str]:
     return [sys.executable, "-m", "softprompt", "train", "--model", str(model), "--task", str(data),
             "--template", "{text} ->", "--verbalizer", '{"0": " no", "1": " yes"}', "--out", str(out),
