@@ -43,7 +43,7 @@ def run_cell(model: str, p: int, args: argparse.Namespace, backbone: Any, task: 
     import torch
 
     from softprompt.experiments.provenance import provenance
-    from softprompt.training.loop import TrainConfig, resolve_lr, train_prompt
+    from softprompt.training.prompt_tuning import TrainConfig, resolve_lr, train_prompt
 
     lr: float | str = args.lr if args.lr == "auto" else float(args.lr)
     config = TrainConfig(steps=args.steps, batch_size=args.batch_size, grad_accum=args.grad_accum, prompt_length=p,

@@ -17,7 +17,7 @@ from softprompt.core.backbone import Backbone, make_backbone  # noqa: E402
 from softprompt.core.tiny import tiny_model  # noqa: E402
 from softprompt.tasks.base import Example, Task  # noqa: E402
 from softprompt.training.distributed import DistContext, shard_backbone  # noqa: E402
-from softprompt.training.loop import TrainConfig, train_prompt  # noqa: E402
+from softprompt.training.prompt_tuning import TrainConfig, train_prompt  # noqa: E402
 
 
 class ToyTask(Task):

@@ -16,7 +16,8 @@ from softprompt.experiments.baselines.model_tuning import ModelTuneConfig, tune_
 from softprompt.tasks import FileTask, FileTaskSpec
 from softprompt.tasks.base import Example, Task
 from softprompt.tasks.superglue import COPA
-from softprompt.training.loop import TrainConfig, batch_indices, initial_prompt, train_prompt
+from softprompt.training.loop import LoopConfig, batch_indices
+from softprompt.training.prompt_tuning import TrainConfig, initial_prompt, train_prompt
 from tests.conftest import tiny_backbone
 
 MakeTask = Callable[[Path], tuple[Task, list[Example]]]
@@ -61,7 +62,7 @@ def relative_difference(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / b.norm())
 
 
-def same_rows_per_step(n: int, one: TrainConfig, two: TrainConfig) -> None:
+def same_rows_per_step(n: int, one: LoopConfig, two: LoopConfig) -> None:
     """The two settings draw the same rows at every step: only the micro-batching differs."""
     for step in range(one.steps):
         whole = batch_indices(n, one.seed, step, 0, one)
@@ -103,7 +104,7 @@ def test_model_tuning_accumulation_equals_one_big_batch(tmp_path: Path) -> None:
     runs = {}
     configs = {accum: ModelTuneConfig(steps=3, batch_size=4, grad_accum=accum, lr=3e-3, eval_every=0)
                for accum in (1, 2)}
-    same_rows_per_step(len(examples), configs[1].as_train_config(), configs[2].as_train_config())
+    same_rows_per_step(len(examples), configs[1], configs[2])
     for accum, config in configs.items():
         with step_gradients() as grads:
             result = tune_model(tiny_backbone("llama"), task, examples, config, progress=False)

@@ -1,4 +1,5 @@
-"""LM adaptation: prefix-LM batches, the loss falls on a tiny T5, the folder loads, decoder-only is refused."""
+"""LM adaptation: prefix-LM batches, the loss falls on a tiny T5, the folder loads, decoder-only is refused; through
+the shared loop, accumulation is exact and a killed run resumes to the same weights."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from softprompt.experiments.baselines.lm_adaptation import (
     text_chunks,
 )
 from tests.conftest import tiny_backbone
+from tests.test_model_tuning import Killed, kill_at_step
 
 TEXT = "the cat sat on the mat. " * 40
 
@@ -58,6 +60,31 @@ def test_adapt_lowers_the_loss_and_writes_a_loadable_folder(tmp_path: Path) -> N
         assert torch.allclose(v, result.backbone.model.state_dict()[k]), k
     info = json.loads((tmp_path / "adapted" / "adaptation.json").read_text())
     assert info["objective"] == "prefix-lm" and info["loss_last"] < info["loss_first"]
+
+
+def test_accumulation_equals_one_big_batch() -> None:
+    # The split points are drawn per step in row order, so two micro-batches cut the rows as one batch does.
+    runs = [adapt_lm(tiny_backbone("t5"), TEXT, AdaptConfig(steps=3, batch_size=4, grad_accum=accum, chunk_tokens=16,
+                                                            lr=1e-2), progress=False) for accum in (1, 2)]
+    one, two = (r.backbone.model.state_dict() for r in runs)
+    for name, value in one.items():
+        torch.testing.assert_close(two[name], value, rtol=1e-4, atol=1e-5, msg=name)
+    assert runs[1].losses == pytest.approx(runs[0].losses, rel=1e-5)
+
+
+def test_killed_then_resumed_equals_uninterrupted(tmp_path: Path) -> None:
+    config = AdaptConfig(steps=5, batch_size=2, chunk_tokens=16, lr=1e-2, save_every=1)
+    full = adapt_lm(tiny_backbone("t5"), TEXT, config, tmp_path / "full", progress=False)
+    handle = kill_at_step(3)
+    try:
+        with pytest.raises(Killed):
+            adapt_lm(tiny_backbone("t5"), TEXT, config, tmp_path / "killed", progress=False)
+    finally:
+        handle.remove()
+    resumed = adapt_lm(tiny_backbone("t5"), TEXT, config, tmp_path / "killed", resume=True, progress=False)
+    for name, value in full.backbone.model.state_dict().items():
+        assert torch.equal(resumed.backbone.model.state_dict()[name], value), name
+    assert resumed.losses == full.losses and len(full.losses) == 5
 
 
 def test_decoder_only_is_refused() -> None:

@@ -14,7 +14,7 @@ import torch
 
 from softprompt.core.promptfile import check_compatible, load_prompt
 from softprompt.training.distributed import DistContext
-from softprompt.training.loop import initial_prompt, train_prompt
+from softprompt.training.prompt_tuning import initial_prompt, train_prompt
 from tests.dist_worker import ToyTask, config, toy_backbone, toy_examples
 
 SRC = Path(__file__).resolve().parents[1] / "src"

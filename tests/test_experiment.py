@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -16,10 +17,17 @@ from softprompt.core.tiny import save_tiny
 from softprompt.experiments.configfile import ConfigError
 from softprompt.experiments.grid import cells, load_config, source_cell
 from softprompt.experiments.report import write_report
-from softprompt.experiments.runner import cell_path, method_settings, prompt_path, run_experiment
+from softprompt.experiments.runner import (
+    cell_path,
+    method_config,
+    method_settings,
+    prompt_path,
+    reusable,
+    run_experiment,
+)
 from softprompt.tasks import get_task
 from softprompt.tasks.selection import SELECTION_SEED
-from softprompt.training.loop import initial_prompt
+from softprompt.training.prompt_tuning import initial_prompt
 from tests.toytask import write_task
 
 
@@ -228,6 +236,24 @@ def test_reuse_copies_only_cells_with_the_same_settings(sweep_dir: Path, tmp_pat
     d = load_config(write_config(tmp_path / "d.yaml", {**base, "name": "d", "reuse": ["a"],
                                                         "methods": ["prompt-design"], "eval": {"limit": 5}}))
     assert not run_experiment(d, log=lambda _: None).reused
+
+
+def test_reuse_fills_a_setting_newer_than_the_record_with_its_default(sweep_dir: Path, tmp_path: Path) -> None:
+    """Model tuning's save_every and log_every came with the shared loop: a record written before them is still the
+    same run (their defaults are what it ran with), but not when the setting asked for is not the default."""
+    base = grid(sweep_dir, output=str(tmp_path / "results"), models=[str(sweep_dir / "tiny-small")], pairs=[],
+                methods=["model-tuning"], shots=[0])
+    old = load_config(write_config(tmp_path / "old.yaml", {**base, "name": "old"}))
+    cell = cells(old)[0]
+    config = {k: v for k, v in method_config(old, cell).items() if k not in ("save_every", "log_every")}
+    path = cell_path(old, cell)
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"config": config, "eval": asdict(old.eval), "train_limit": None, "score": 0.5}))
+    new = load_config(write_config(tmp_path / "new.yaml", {**base, "name": "new", "reuse": ["old"]}))
+    assert reusable(new, cell)["reused_from"] == "old"
+    other = load_config(write_config(tmp_path / "other.yaml", {
+        **base, "name": "other", "reuse": ["old"], "model_tuning": {**base["model_tuning"], "save_every": 7}}))
+    assert reusable(other, cell) is None
 
 
 def test_results_page_marks_scores_selected_on_the_split_they_report() -> None:

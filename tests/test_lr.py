@@ -11,7 +11,8 @@ import torch
 from softprompt.cli import main
 from softprompt.core.promptfile import load_prompt
 from softprompt.experiments.configfile import ConfigError, build
-from softprompt.training.loop import AUTO_LR_SCALE, RECIPES, TrainConfig, make_optimizer, resolve_lr, train_prompt
+from softprompt.training.loop import make_optimizer
+from softprompt.training.prompt_tuning import AUTO_LR_SCALE, RECIPES, TrainConfig, resolve_lr, train_prompt
 from tests.conftest import tiny_backbone
 from tests.test_trainer import toy_task
 

@@ -13,7 +13,8 @@ from softprompt.core.bank import PromptBank
 from softprompt.core.prompted import PromptedModel
 from softprompt.core.tiny import tiny_model
 from softprompt.core.tokenize import make_batch
-from softprompt.training.loop import batch_indices, initial_prompt, make_optimizer, train_prompt
+from softprompt.training.loop import batch_indices, make_optimizer
+from softprompt.training.prompt_tuning import initial_prompt, train_prompt
 from tests.dist_worker import ToyTask, config, toy_backbone, toy_examples
 
 peft = pytest.importorskip("peft")

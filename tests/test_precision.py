@@ -13,8 +13,8 @@ from softprompt.core.bank import PromptBank
 from softprompt.core.prompted import PromptedModel
 from softprompt.core.tiny import tiny_model
 from softprompt.core.tokenize import make_batch
-from softprompt.training.loop import initial_prompt, train_prompt
 from softprompt.training.precision import enable_gradient_checkpointing, grad_scaler, resolve_precision
+from softprompt.training.prompt_tuning import initial_prompt, train_prompt
 from tests.dist_worker import ToyTask, config, toy_examples
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -16,7 +16,7 @@ from softprompt.core.tokenize import make_batch
 from softprompt.evaluation.scoring import evaluate, score_choices
 from softprompt.tasks.selection import selection_split
 from softprompt.training.checkpoint import load_checkpoint
-from softprompt.training.loop import TrainConfig, initial_prompt, train_prompt
+from softprompt.training.prompt_tuning import TrainConfig, initial_prompt, train_prompt
 from softprompt.training.reparam import ResidualPromptBank, fold, make_bank
 from tests.conftest import tiny_backbone
 from tests.test_invariants import INPUTS, TARGETS, checksum
@@ -80,16 +80,17 @@ def test_residual_training_trains_the_mlp_not_the_backbone_and_saves_what_it_sco
     assert checksum(bb.model) == before and all(not p.requires_grad for p in bb.model.parameters())
     # The MLP trained: every one of its tensors moved from the seeded init.
     ckpt = load_checkpoint(out.with_suffix(".ckpt.safetensors"))
+    raw, mlp = ckpt.params["weight"], {k: v for k, v in ckpt.params.items() if k != "weight"}
     fresh = make_bank(initial_prompt(bb, task, config).unsqueeze(0), "residual", 8, seed=config.seed)
-    assert sorted(ckpt.bank) == sorted(k for k in fresh.state_dict() if k != "weight")
-    for name, value in ckpt.bank.items():
+    assert sorted(mlp) == sorted(k for k in fresh.state_dict() if k != "weight")
+    for name, value in mlp.items():
         assert not torch.equal(value, fresh.state_dict()[name]), name
     # The file holds the fold of the training-time bank, and scores exactly as that bank does.
-    trained = make_bank(ckpt.prompt.unsqueeze(0), "residual", 8)
-    trained.load_state_dict({"weight": ckpt.prompt.unsqueeze(0), **ckpt.bank})
+    trained = make_bank(raw, "residual", 8)
+    trained.load_state_dict(ckpt.params)
     pf = load_prompt(out)
     assert torch.equal(pf.prompt, fold(trained)) and torch.equal(pf.prompt, result.prompt)
-    assert not torch.equal(pf.prompt, ckpt.prompt)  # not the raw prompt
+    assert not torch.equal(pf.prompt, raw[0])  # not the raw prompt
     assert pf.meta.train_config["reparam"] == "residual" and pf.meta.prompt_length == 4
     plain = PromptedModel(bb, PromptBank(pf.prompt.unsqueeze(0)))
     assert torch.equal(score_choices(PromptedModel(bb, trained), cut.selection),

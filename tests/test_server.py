@@ -25,7 +25,7 @@ from softprompt.server.app import ConfigError
 from softprompt.server.client import Client, ServerError
 from softprompt.server.engine import Job
 from softprompt.tasks import FileTask, FileTaskSpec, get_task
-from softprompt.training.loop import TrainConfig, train_prompt
+from softprompt.training.prompt_tuning import TrainConfig, train_prompt
 from tests._serving import (
     TEXTS,
     VERBALIZER,

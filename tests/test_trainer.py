@@ -17,7 +17,8 @@ from softprompt.core.promptfile import load_prompt
 from softprompt.tasks import FileTask, FileTaskSpec
 from softprompt.tasks.selection import SELECTION_SEED, selection_split
 from softprompt.training.checkpoint import load_checkpoint
-from softprompt.training.loop import TrainConfig, batch_indices, train_prompt
+from softprompt.training.loop import batch_indices
+from softprompt.training.prompt_tuning import TrainConfig, train_prompt
 from tests.conftest import tiny_backbone
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -125,6 +126,34 @@ def test_in_process_resume_equals_uninterrupted(tmp_path: Path, reparam: str) ->
                      progress=False)
 
 
+def test_a_checkpoint_from_before_the_shared_loop_resumes(tmp_path: Path) -> None:
+    """The prompt-tuning checkpoint layout before one loop served every method (``prompt`` [P, H], ``bank.*``,
+    ``optimizer.*``; no RNG, no losses) still resumes, to the uninterrupted run's prompt."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    task = toy_task(tmp_path)
+    examples = task.examples("train")
+    full = TrainConfig(steps=6, batch_size=4, prompt_length=3, eval_every=0, save_every=1, reparam="residual",
+                       reparam_bottleneck=6)
+    a = train_prompt(tiny_backbone("llama"), task, examples, full, tmp_path / "a.safetensors", progress=False)
+    half = TrainConfig(**{**full.__dict__, "steps": 4})
+    train_prompt(tiny_backbone("llama"), task, examples, half, tmp_path / "b.safetensors", progress=False)
+    ckpt = tmp_path / "b.ckpt.safetensors"
+    with safe_open(str(ckpt), framework="pt") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    old = {k: v for k, v in tensors.items() if k.startswith("optimizer.")}
+    old["prompt"] = tensors["param.weight"][0]
+    old.update({"bank." + k[len("param."):]: v for k, v in tensors.items()
+                if k.startswith("param.") and k != "param.weight"})
+    state = json.loads(meta["state"])
+    del state["losses"]
+    save_file(old, str(ckpt), metadata={**meta, "state": json.dumps(state)})
+    b = train_prompt(tiny_backbone("llama"), task, examples, full, tmp_path / "b.safetensors", resume=True,
+                     progress=False)
+    assert torch.equal(a.prompt, b.prompt)
+
+
 def _train_cmd(model: Path, data: Path, out: Path, steps: int, *extra: str) -> list[str]:
     return [sys.executable, "-m", "softprompt", "train", "--model", str(model), "--task", str(data),
             "--template", "{text} ->", "--verbalizer", '{"0": " no", "1": " yes"}', "--out", str(out),
@@ -169,7 +198,8 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path: Path, tiny_dirs: dic
     if extra == FP16:  # the scaler's state at the kill is not a fresh scaler's, so restoring it is what is tested
         assert at_kill.scaler_state not in (None, torch.amp.GradScaler("cpu", growth_interval=2).state_dict())
     if extra == RESIDUAL:  # the MLP is in the checkpoint, so restoring it is what is tested
-        assert set(at_kill.bank) == {f"{m}.{t}" for m in ("down", "up", "norm") for t in ("weight", "bias")}
+        assert set(at_kill.params) - {"weight"} == {f"{m}.{t}" for m in ("down", "up", "norm")
+                                                    for t in ("weight", "bias")}
     done = subprocess.run(_train_cmd(model, data, killed, steps, *extra), check=True, env=env, capture_output=True,
                           text=True)
     assert json.loads(done.stdout.strip().splitlines()[-1])["steps"] == steps

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from softprompt.server.app import create_app
     from softprompt.server.engine import Engine
     from softprompt.tasks import get_task
-    from softprompt.training.loop import TrainConfig, train_prompt
+    from softprompt.training.prompt_tuning import TrainConfig, train_prompt
 
 __version__ = "0.1.0"
 
@@ -34,8 +34,8 @@ _LAZY = {
     "evaluate": "softprompt.evaluation.scoring",
     "predict": "softprompt.evaluation.scoring",
     "get_task": "softprompt.tasks",
-    "TrainConfig": "softprompt.training.loop",
-    "train_prompt": "softprompt.training.loop",
+    "TrainConfig": "softprompt.training.prompt_tuning",
+    "train_prompt": "softprompt.training.prompt_tuning",
     "Engine": "softprompt.server.engine",
     "create_app": "softprompt.server.app",
 }

@@ -19,11 +19,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     d = AdaptConfig()
     p.add_argument("--steps", type=int, default=d.steps)
     p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--grad-accum", type=int, default=d.grad_accum, help="micro-batches per step")
     p.add_argument("--chunk-tokens", type=int, default=d.chunk_tokens, help="tokens per chunk (prefix + suffix)")
     p.add_argument("--optimizer", choices=["adafactor", "adam", "adamw"], default=d.optimizer)
     p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--weight-decay", type=float, default=d.weight_decay)
     p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--save-every", type=int, default=d.save_every,
+                   help="steps between resume checkpoints (OUT.ckpt.safetensors: the weights and the optimizer's "
+                        "state)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT's checkpoint if there is one")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=run)
@@ -42,13 +47,14 @@ def _refuse_early(name: str) -> None:
 def run(args: argparse.Namespace) -> int:
     if not args.text.is_file():
         raise UsageError(f"--text file not found: {args.text}")
-    config = AdaptConfig(steps=args.steps, batch_size=args.batch_size, chunk_tokens=args.chunk_tokens,
-                         optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay, seed=args.seed)
+    config = AdaptConfig(steps=args.steps, batch_size=args.batch_size, grad_accum=args.grad_accum,
+                         chunk_tokens=args.chunk_tokens, optimizer=args.optimizer, lr=args.lr,
+                         weight_decay=args.weight_decay, seed=args.seed, save_every=args.save_every)
     _refuse_early(args.model)
     text = args.text.read_text(encoding="utf-8")
     backbone = backbone_from_args(args)
     t0 = time.perf_counter()
-    result = adapt_lm(backbone, text, config, args.out, progress=not args.no_progress)
+    result = adapt_lm(backbone, text, config, args.out, resume=args.resume, progress=not args.no_progress)
     emit({"out": str(args.out), "model": args.model, "steps": config.steps, "chunks": result.chunks,
           "loss_first": round(result.losses[0], 4), "loss_last": round(result.losses[-1], 4),
           "seconds": round(time.perf_counter() - t0, 2)}, args.json)

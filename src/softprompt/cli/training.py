@@ -24,8 +24,8 @@ from softprompt.tasks import Example, Task
 from softprompt.tasks.selection import SELECTION_SEED, selection_split
 from softprompt.training.distributed import DistContext, fsdp_requested, shard_backbone
 from softprompt.training.initializers import INITS, TRANSFER_PREFIX, is_init
-from softprompt.training.loop import AUTO_LR_SCALE, RECIPES, TrainConfig, train_prompt
 from softprompt.training.precision import PRECISIONS, enable_gradient_checkpointing
+from softprompt.training.prompt_tuning import AUTO_LR_SCALE, RECIPES, TrainConfig, train_prompt
 from softprompt.training.reparam import REPARAMS
 
 
@@ -83,11 +83,16 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="score only the first N examples of the selection slice per eval (default: all of it)")
     p.add_argument("--no-eval", action="store_true",
                    help="no selection: train on the whole train split and keep the last step")
-    p.add_argument("--save-every", type=int, default=d.save_every, help="steps between resume checkpoints")
+    p.add_argument("--save-every", type=int, default=None,
+                   help=f"steps between resume checkpoints (default {d.save_every} for prompt tuning, "
+                        f"{m.save_every} for model tuning: each of its checkpoints holds the weights and the "
+                        "optimizer's state)")
     p.add_argument("--max-input-tokens", type=int, default=d.max_input_tokens)
     p.add_argument("--train-limit", type=int, default=None,
                    help="use only the first N training examples (of those the selection slice leaves)")
-    p.add_argument("--resume", action="store_true", help="continue from OUT's checkpoint if there is one")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from OUT's checkpoint if there is one (OUT.ckpt.safetensors beside a prompt file, "
+                        "DIR.ckpt.safetensors beside a model folder)")
     p.add_argument("--precision", choices=PRECISIONS, default=None,
                    help="backbone weights dtype; the prompt stays fp32 (default: accelerate's --mixed_precision, "
                         "else fp32)")
@@ -135,7 +140,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
                        prompt_length=args.prompt_length, init=args.init, init_text=args.init_text,
                        reparam=args.reparam, reparam_bottleneck=args.reparam_bottleneck,
                        **_optimizer_args(args, TrainConfig()), seed=args.seed,
-                       eval_every=args.eval_every, eval_limit=args.eval_limit, save_every=args.save_every,
+                       eval_every=args.eval_every, eval_limit=args.eval_limit,
+                       save_every=TrainConfig.save_every if args.save_every is None else args.save_every,
                        max_input_tokens=args.max_input_tokens,
                        loss_scale_growth_interval=args.loss_scale_growth_interval)
 
@@ -159,7 +165,8 @@ def seed_out(out: Path, seed: int) -> Path:
 def model_tune_config_from_args(args: argparse.Namespace) -> ModelTuneConfig:
     return ModelTuneConfig(steps=args.steps, batch_size=args.batch_size, grad_accum=args.grad_accum,
                            **_optimizer_args(args, ModelTuneConfig()), seed=args.seed, eval_every=args.eval_every,
-                           eval_limit=args.eval_limit, max_input_tokens=args.max_input_tokens)
+                           eval_limit=args.eval_limit, max_input_tokens=args.max_input_tokens,
+                           save_every=ModelTuneConfig.save_every if args.save_every is None else args.save_every)
 
 
 def split_train(task: Task, args: argparse.Namespace, eval_limit: int | None
@@ -178,7 +185,7 @@ def run_model_tuning(args: argparse.Namespace) -> int:
     if args.lr == "auto":
         raise UsageError("--lr auto is for prompt tuning (it scales the prompt's step to the embeddings); give "
                          "model tuning a number")
-    for flag, value in (("--resume", args.resume), ("--seeds", args.seeds), ("--fsdp", args.fsdp),
+    for flag, value in (("--seeds", args.seeds), ("--fsdp", args.fsdp),
                         ("--recipe", args.recipe), ("--reparam", args.reparam != "none"),
                         ("--init from:", args.init.startswith(TRANSFER_PREFIX))):
         if value:
@@ -189,7 +196,7 @@ def run_model_tuning(args: argparse.Namespace) -> int:
     backbone = backbone_from_args(args)
     t0 = time.perf_counter()
     result = tune_model(backbone, task, train, config, args.out, selection=selection, selection_info=info,
-                        progress=not args.no_progress)
+                        resume=args.resume, progress=not args.no_progress)
     emit({"out": str(args.out), "task": task.name, "model": args.model, "method": "model-tuning",
           "seconds": round(time.perf_counter() - t0, 2), "selection": info, **result.metrics}, args.json)
     return 0

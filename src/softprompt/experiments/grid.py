@@ -30,7 +30,7 @@ from softprompt.experiments.configfile import ConfigError, build
 from softprompt.experiments.methods import METHODS
 from softprompt.tasks import TaskDataError, get_task
 from softprompt.training.initializers import INITS, TRANSFER_PREFIX
-from softprompt.training.loop import TrainConfig
+from softprompt.training.prompt_tuning import TrainConfig
 
 
 @dataclass

@@ -304,7 +304,7 @@ def _budget(cells: list[dict[str, Any]], method: str) -> tuple[str, str]:
 def budget_section(rec: Records, names: list[str], reference: str = "paper_cpu") -> list[str]:
     """Prompt tuning at a longer budget (one grid per model: each has its own lr), read against ``reference``'s
     prompt design, short prompt tuning and model tuning on the same tasks."""
-    from softprompt.training.loop import RECIPES
+    from softprompt.training.prompt_tuning import RECIPES
 
     grids = [(name, [c for c in rec.cells(name) if c["method"] == "prompt-tuning"]) for name in names]
     grids = [(name, cells) for name, cells in grids if cells]

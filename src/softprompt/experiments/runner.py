@@ -40,7 +40,7 @@ from softprompt.experiments.provenance import provenance
 from softprompt.tasks import Example, Task, get_task
 from softprompt.tasks.selection import SelectionSplit, selection_split
 from softprompt.training.initializers import TRANSFER_PREFIX
-from softprompt.training.loop import TrainConfig, train_prompt
+from softprompt.training.prompt_tuning import TrainConfig, train_prompt
 
 __all__ = ["RunSummary", "load_cells", "reusable", "run_cell", "run_experiment"]
 
@@ -135,12 +135,16 @@ def reusable(config: ExperimentConfig, cell: Cell) -> dict[str, Any] | None:
 def _reusable_in(config: ExperimentConfig, cell: Cell) -> tuple[dict[str, Any], str] | None:
     """(:func:`reusable`'s record, the grid it was found in)."""
     want = _same_run(config, cell)
+    settings = method_settings(config, cell)
+    # A setting a record lacks is newer than the record; its default is the behaviour the cell ran with.
+    defaults = json.loads(json.dumps(asdict(type(settings)()))) if settings is not None else {}
     for name in config.reuse:
         path = Path(config.output) / name / "cells" / f"{cell.id}.json"
         if not path.is_file():
             continue
         record = json.loads(path.read_text())
-        have = {"config": record.get("config"),
+        stored = record.get("config")
+        have = {"config": {**defaults, **stored} if isinstance(stored, dict) else stored,
                 "eval": {k: v for k, v in record.get("eval", {}).items() if k != "examples"},
                 "train_limit": record.get("train_limit")}
         if have == want:
@@ -181,8 +185,9 @@ def run_cell(config: ExperimentConfig, cell: Cell, backbone: Backbone, data: _Da
         mc = settings
         train, selection, selection_info = data.training(cell.train_task, mc.eval_every, mc.eval_limit)
         out = config.out_dir / "models" / cell.id if config.keep_models else None
+        # With a kept model folder its resume checkpoint lies beside it: a killed cell continues where it was.
         mt = tune_model(backbone, train_task, train, mc, out, selection=selection, selection_info=selection_info,
-                        progress=progress)
+                        resume=True, progress=progress)
         tuned = mt.backbone
         pm = PromptedModel(tuned, PromptBank(torch.zeros(1, 0, tuned.hidden_size)))
         train_metrics = mt.metrics

@@ -1,8 +1,13 @@
-"""Training checkpoints as safetensors (no pickle): tensors for the prompt, the best prompt, the optimizer state and
-the bank's other parameters (a reparameterisation's MLP, :mod:`softprompt.training.reparam`); JSON for everything else,
-including an fp16 run's loss scaler (its scale and growth tracker decide whether the next steps are taken or skipped,
-so a resumed run without them is not the run it continues). Written atomically, so a SIGKILL leaves the previous
-checkpoint intact."""
+"""Training checkpoints as safetensors (no pickle), one format for every method the loop trains.
+
+Tensors: ``param.<name>`` the trainable parameters by the method's names (a prompt bank's ``weight`` and any
+reparameterisation MLP, or every weight of a model), ``best.<name>`` what the best step so far keeps (absent when the
+best step is the checkpoint's own: then the parameters are it), ``optimizer.<id>.<key>`` the optimizer state, ``rng``
+torch's global CPU generator. JSON metadata: the step, best step and eval history, the optimizer's scalars, the config,
+and an fp16 run's loss scaler (its scale and growth tracker decide whether the next steps are taken or skipped, so a
+resumed run without them is not the run it continues). Written atomically, so a SIGKILL leaves the previous checkpoint
+intact.
+"""
 
 from __future__ import annotations
 
@@ -19,7 +24,9 @@ from torch import Tensor
 from softprompt.core.files import atomic_write
 
 OPT_PREFIX = "optimizer."
-BANK_PREFIX = "bank."
+PARAM_PREFIX = "param."
+BEST_PREFIX = "best."
+RNG_KEY = "rng"
 
 
 @dataclass
@@ -30,6 +37,18 @@ class TrainState:
     best_metric: float | None = None
     best_step: int | None = None
     history: list[dict[str, Any]] = field(default_factory=list)  # eval records so far
+    losses: list[float] = field(default_factory=list)  # every step's loss so far (step s at index s - 1)
+
+
+@dataclass
+class Checkpoint:
+    params: dict[str, Tensor]  # the trainable parameters by name
+    best: dict[str, Tensor]  # the best step's snapshot; empty when it is the checkpoint's step (or nothing selects)
+    optimizer_state: dict[str, Any]
+    state: TrainState
+    config: dict[str, Any]
+    scaler_state: dict[str, Any] | None = None  # GradScaler.state_dict() of an fp16 run
+    rng: Tensor | None = None  # torch.get_rng_state() at the save
 
 
 def _flatten_optimizer(state: dict[str, Any]) -> tuple[dict[str, Tensor], dict[str, Any]]:
@@ -45,28 +64,29 @@ def _flatten_optimizer(state: dict[str, Any]) -> tuple[dict[str, Tensor], dict[s
 
 
 def _unflatten_optimizer(tensors: dict[str, Tensor], info: dict[str, Any]) -> dict[str, Any]:
+    """The optimizer state_dict from ``tensors`` named ``<id>.<key>`` (the prefix stripped) and the JSON part."""
     state: dict[int, dict[str, Any]] = {}
     for pid, values in info["scalars"].items():
         state.setdefault(int(pid), {}).update(values)
     for name, value in tensors.items():
-        pid, key = name[len(OPT_PREFIX):].split(".", 1)
+        pid, key = name.split(".", 1)
         state.setdefault(int(pid), {})[key] = value
     return {"state": state, "param_groups": info["param_groups"]}
 
 
-def save_checkpoint(path: Path, prompt: Tensor, best_prompt: Tensor | None, optimizer: torch.optim.Optimizer,
-                    state: TrainState, config: dict[str, Any], scaler: torch.amp.GradScaler | None = None,
-                    bank: dict[str, Tensor] | None = None) -> None:
-    """Write the resume state; ``scaler`` (fp16) is saved after its ``update()``, as the next step will find it.
+def _own(t: Tensor) -> Tensor:
+    # A CPU tensor's .cpu() is itself, and safetensors refuses tensors that share storage (tied weights, views).
+    return t.detach().to("cpu", copy=True).contiguous()
 
-    ``prompt`` is the trained parameter [P, H] (before any reparameterisation), ``best_prompt`` the folded prompt a
-    prompt file would hold, ``bank`` the bank's other tensors by state-dict name (empty for a plain bank).
-    """
+
+def save_checkpoint(path: Path, params: dict[str, Tensor], best: dict[str, Tensor] | None,
+                    optimizer: torch.optim.Optimizer, state: TrainState, config: dict[str, Any],
+                    scaler: torch.amp.GradScaler | None = None) -> None:
+    """Write the resume state; ``scaler`` (fp16) is saved after its ``update()``, as the next step will find it."""
     tensors, opt_info = _flatten_optimizer(optimizer.state_dict())
-    tensors["prompt"] = prompt.detach().cpu().contiguous()
-    tensors.update({BANK_PREFIX + k: v.detach().cpu().contiguous() for k, v in (bank or {}).items()})
-    if best_prompt is not None:
-        tensors["best_prompt"] = best_prompt.detach().cpu().contiguous()
+    tensors.update({PARAM_PREFIX + k: _own(v) for k, v in params.items()})
+    tensors.update({BEST_PREFIX + k: _own(v) for k, v in (best or {}).items()})
+    tensors[RNG_KEY] = torch.get_rng_state()
     meta = {"state": json.dumps(state.__dict__), "optimizer": json.dumps(opt_info),
             "config": json.dumps(config, sort_keys=True)}
     if scaler is not None:  # its state_dict is Python floats and ints
@@ -74,15 +94,15 @@ def save_checkpoint(path: Path, prompt: Tensor, best_prompt: Tensor | None, opti
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
 
 
-@dataclass
-class Checkpoint:
-    prompt: Tensor
-    best_prompt: Tensor | None
-    optimizer_state: dict[str, Any]
-    state: TrainState
-    config: dict[str, Any]
-    scaler_state: dict[str, Any] | None = None  # GradScaler.state_dict() of an fp16 run
-    bank: dict[str, Tensor] = field(default_factory=dict)  # the bank's tensors besides its weight (an MLP's)
+def _from_prompt_format(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+    """A prompt-tuning checkpoint written before the loop was shared (``prompt`` [P, H], ``bank.*``,
+    ``best_prompt``), renamed to this format, so a run started then still resumes."""
+    out = {k: v for k, v in tensors.items() if k.startswith(OPT_PREFIX)}
+    out[PARAM_PREFIX + "weight"] = tensors["prompt"].unsqueeze(0)
+    out.update({PARAM_PREFIX + k[len("bank."):]: v for k, v in tensors.items() if k.startswith("bank.")})
+    if "best_prompt" in tensors:
+        out[BEST_PREFIX + "prompt"] = tensors["best_prompt"]
+    return out
 
 
 def load_checkpoint(path: Path) -> Checkpoint:
@@ -92,13 +112,18 @@ def load_checkpoint(path: Path) -> Checkpoint:
             tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not iterable)
     except (SafetensorError, OSError) as err:
         raise ValueError(f"{path}: unreadable checkpoint ({err}); delete it to start over") from None
-    opt = {k: v for k, v in tensors.items() if k.startswith(OPT_PREFIX)}
+    if "prompt" in tensors and not any(k.startswith(PARAM_PREFIX) for k in tensors):
+        tensors = _from_prompt_format(tensors)
+
+    def group(prefix: str) -> dict[str, Tensor]:
+        return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+
     return Checkpoint(
-        prompt=tensors["prompt"],
-        best_prompt=tensors.get("best_prompt"),
-        optimizer_state=_unflatten_optimizer(opt, json.loads(meta["optimizer"])),
+        params=group(PARAM_PREFIX),
+        best=group(BEST_PREFIX),
+        optimizer_state=_unflatten_optimizer(group(OPT_PREFIX), json.loads(meta["optimizer"])),
         state=TrainState(**json.loads(meta["state"])),
         config=json.loads(meta["config"]),
         scaler_state=json.loads(meta["scaler"]) if "scaler" in meta else None,
-        bank={k[len(BANK_PREFIX):]: v for k, v in tensors.items() if k.startswith(BANK_PREFIX)},
+        rng=tensors.get(RNG_KEY),
     )

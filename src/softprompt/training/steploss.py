@@ -4,8 +4,8 @@ split into (micro-batches for gradient accumulation, blocks of rows for data-par
 A mean per micro-batch divided by the number of micro-batches would weight a token by 1 / (its micro-batch's token
 count): unless every target has the same length, that is not the gradient of the batch the step stands for. So the
 step's micro-batches are tokenized first, their target tokens counted (summed over processes), and each micro-batch
-contributes its *summed* NLL / that count. Every training loop (prompt tuning, model tuning, LM adaptation) takes its
-gradient here.
+contributes its *summed* NLL / that count. The one training loop (:mod:`softprompt.training.loop`) takes every
+method's gradient here: prompt tuning's, model tuning's and LM adaptation's.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import torch
+from torch import nn
 
 from softprompt.core.prompted import PromptedModel
 from softprompt.core.tokenize import Batch
@@ -23,11 +24,12 @@ if TYPE_CHECKING:
 
 
 def backward_step(pm: PromptedModel, batches: Sequence[Batch], *, scaler: torch.amp.GradScaler | None = None,
-                  dist: DistContext | None = None) -> float:
-    """Accumulate into ``pm``'s trainable parameters the gradient of the step's mean target NLL; returns that loss.
+                  dist: DistContext | None = None, params: Sequence[nn.Parameter] | None = None) -> float:
+    """Accumulate into the trainable parameters the gradient of the step's mean target NLL; returns that loss.
 
     ``batches`` are this process's micro-batches of the step (each [b, T]); every row uses the bank's prompt 0
-    (training holds one). With ``dist`` the token count is every process's and the gradients (and the returned loss)
+    (training holds one). With ``dist`` the token count is every process's and the gradients of ``params`` (default:
+    the bank's trainable parameters; a method that trains the backbone's weights names them) and the returned loss
     are summed over processes, so each process ends with the gradient of the whole step. With ``scaler`` (fp16) the
     gradients are those of the scaled loss; ``scaler.step`` unscales them.
     """
@@ -46,4 +48,5 @@ def backward_step(pm: PromptedModel, batches: Sequence[Batch], *, scaler: torch.
     if dist is None:
         return float(total)
     # The parameter list is the same on every process (same model, same order), so the all_reduces pair up.
-    return dist.sync_grads([p for p in pm.parameters() if p.requires_grad], float(total))
+    trained = [p for p in pm.parameters() if p.requires_grad] if params is None else list(params)
+    return dist.sync_grads(trained, float(total))
