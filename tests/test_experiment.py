@@ -18,6 +18,8 @@ from softprompt.experiments.configfile import ConfigError
 from softprompt.experiments.grid import cells, load_config, source_cell
 from softprompt.experiments.report import write_report
 from softprompt.experiments.runner import (
+    CELL_FORMAT,
+    StaleCellError,
     cell_path,
     method_config,
     method_settings,
@@ -153,6 +155,13 @@ def test_cli_rerun_trains_nothing(sweep_dir: Path, tmp_path: Path, capsys: pytes
     ({"transfer": [{"source": "sst2", "target": "rte"}], "methods": ["model-tuning"]}, "needs method prompt-tuning"),
     ({"inits": ["from:x.safetensors"]}, "transfer"),
     ({"transfer": [{"source": "sst2"}]}, "target"),
+    ({"variants": [{"name": "r", "prompt_tuning": {"reparm": "residual"}}]}, "not prompt_tuning settings"),
+    ({"variants": [{"name": "r", "prompt_tuning": {"prompt_length": 5}}]}, "grid axes"),
+    ({"variants": [{"name": "r", "prompt_tuning": {}}]}, "overrides nothing"),
+    ({"variants": [{"name": "r", "prompt_tuning": {"reparam": "lora"}}]}, r"variants\[0\].*lora"),
+    ({"variants": [{"name": "r", "prompt_tuning": {"lr": 0.3}, "models": ["other"]}]}, "subset of the grid"),
+    ({"variants": [{"name": "a b", "prompt_tuning": {"lr": 0.3}}]}, "letters, digits"),
+    ({"variants": [{"name": "r", "prompt_tuning": {"lr": 0.3}}] * 2}, "share a name"),
 ])
 def test_bad_config_fails_before_training(sweep_dir: Path, tmp_path: Path, override: dict, message: str,
                                           monkeypatch: pytest.MonkeyPatch) -> None:
@@ -248,7 +257,8 @@ def test_reuse_fills_a_setting_newer_than_the_record_with_its_default(sweep_dir:
     config = {k: v for k, v in method_config(old, cell).items() if k not in ("save_every", "log_every")}
     path = cell_path(old, cell)
     path.parent.mkdir(parents=True)
-    path.write_text(json.dumps({"config": config, "eval": asdict(old.eval), "train_limit": None, "score": 0.5}))
+    path.write_text(json.dumps({"config": config, "eval": asdict(old.eval), "train_limit": None, "score": 0.5,
+                                "cell_format": CELL_FORMAT}))
     new = load_config(write_config(tmp_path / "new.yaml", {**base, "name": "new", "reuse": ["old"]}))
     assert reusable(new, cell)["reused_from"] == "old"
     other = load_config(write_config(tmp_path / "other.yaml", {
@@ -316,3 +326,55 @@ def test_dry_run_lists_cells_of_models_not_installed_yet(sweep_dir: Path, tmp_pa
     monkeypatch.setattr(models, "install", lambda name, quiet=False: calls.append(name) or tmp_path / "x.gguf")
     preflight(load_config(path))
     assert calls == ["gemma3-270m"] and "installing built-in model gemma3-270m" in capsys.readouterr().err
+
+
+def test_variants_run_beside_the_grids_recipe_on_the_models_they_name(sweep_dir: Path, tmp_path: Path) -> None:
+    small, large = str(sweep_dir / "tiny-small"), str(sweep_dir / "tiny-large")
+    config = load_config(write_config(tmp_path / "v.yaml", grid(
+        sweep_dir, name="v", output=str(tmp_path / "results"), models=[small, large], pairs=[], prompt_lengths=[2],
+        inits=["uniform", "sampled-vocab"], shots=[0], methods=["prompt-tuning"],
+        variants=[{"name": "residual", "prompt_tuning": {"reparam": "residual", "reparam_bottleneck": 4}},
+                  {"name": "big_lr", "prompt_tuning": {"lr": 5e-2}, "models": [small]}])))
+    grid_cells = cells(config)
+    variant_cells = [c for c in grid_cells if c.variant]
+    # one per model × task × P × seed, with the first init; big_lr only on the small model
+    assert sorted((c.model, c.variant, c.init) for c in variant_cells) == [
+        (large, "residual", "uniform"), (small, "big_lr", "uniform"), (small, "residual", "uniform")]
+    assert all(c.id.endswith(f"__v-{c.variant}__s0") for c in variant_cells)
+    big = next(c for c in variant_cells if c.variant == "big_lr")
+    assert method_settings(config, big).lr == 5e-2 and method_settings(config, big).prompt_length == 2
+    assert method_settings(config, next(c for c in grid_cells if not c.variant)).lr == 1e-2
+    summary = run_experiment(config, log=lambda _: None)
+    assert len(summary.ran) == len(grid_cells) == 7
+    record = json.loads(cell_path(config, big).read_text())
+    assert record["config"]["lr"] == 5e-2 and record["cell"]["variant"] == "big_lr"
+    residual = next(c for c in variant_cells if c.variant == "residual" and c.model == small)
+    assert load_prompt(prompt_path(config, residual)).meta.prompt_length == 2  # folded: a plain [P, H] prompt
+    text = write_report(config).read_text()
+    assert "P=2, uniform, big_lr" in text and "P=2, uniform, residual" in text
+
+
+def test_a_finished_cell_with_other_settings_or_older_code_is_refused(sweep_dir: Path, tmp_path: Path) -> None:
+    base = grid(sweep_dir, name="s", output=str(tmp_path / "results"), models=[str(sweep_dir / "tiny-small")],
+                pairs=[], prompt_lengths=[2], inits=["uniform"], shots=[0], methods=["prompt-tuning"])
+    path = write_config(tmp_path / "s.yaml", base)
+    first = run_experiment(load_config(path), log=lambda _: None)
+    assert len(first.ran) == 1
+    # The same grid name and folder with another lr: the finished cell is not what the config asks for.
+    write_config(path, {**base, "prompt_tuning": {**base["prompt_tuning"], "lr": 2e-2}})
+    with pytest.raises(StaleCellError, match=r"config\.lr: 0\.01 in the record, 0\.02 now"):
+        run_experiment(load_config(path), log=lambda _: None)
+    # Back to the settings it ran with, but written by older code (no cell format): refused too.
+    write_config(path, base)
+    config = load_config(path)
+    record_path = cell_path(config, cells(config)[0])
+    record = json.loads(record_path.read_text())
+    assert record["cell_format"] == CELL_FORMAT
+    assert not run_experiment(config, log=lambda _: None).ran  # unchanged: skipped
+    del record["cell_format"]
+    record_path.write_text(json.dumps(record))
+    with pytest.raises(StaleCellError, match="cell format 1"):
+        run_experiment(config, log=lambda _: None)
+    # ... and never reused from another grid either.
+    other = load_config(write_config(tmp_path / "o.yaml", {**base, "name": "o", "reuse": ["s"]}))
+    assert reusable(other, cells(other)[0]) is None

@@ -18,9 +18,11 @@ Which cells a grid holds:
 
 from __future__ import annotations
 
+import json
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -52,6 +54,19 @@ class Transfer:
 
 
 @dataclass
+class Variant:
+    """A named prompt-tuning recipe beside the grid's own (``prompt_tuning``): its cells are the prompt-tuning cells
+    (every task × P × seed, the first init) with ``prompt_tuning`` settings overridden, e.g. ``{reparam: residual}``
+    or the paper's ``{lr: 0.3}``; ``models`` limits them to some of the grid's models."""
+
+    name: str
+    prompt_tuning: dict[str, Any] = field(default_factory=dict)
+    """TrainConfig fields to override (not the grid axes prompt_length, init, seed)"""
+    models: list[str] | None = None
+    """a subset of the grid's models (None: all)"""
+
+
+@dataclass
 class EvalSettings:
     split: str = "validation"
     limit: int | None = 200
@@ -79,6 +94,8 @@ class ExperimentConfig:
     tasks: list[str] = field(default_factory=list)
     """in-domain tasks: built-in names or .yaml task specs"""
     pairs: list[TaskPair] = field(default_factory=list)
+    variants: list[Variant] = field(default_factory=list)
+    """named prompt-tuning recipes run beside the grid's own (residual reparameterisation, the paper's lr, ...)"""
     transfer: list[Transfer] = field(default_factory=list)
     """source → target prompt transfer: one prompt-tuning cell per pair × P × seed, initialised from the source
     task's cell (same model, P and seed; the first init)"""
@@ -143,6 +160,8 @@ class Cell:
     init: str = ""
     seed: int = 0
     shots: int = 0
+    variant: str = ""
+    """a prompt-tuning cell's recipe: the name of one of the grid's ``variants`` ("" = the grid's own)"""
 
     @property
     def source_task(self) -> str | None:
@@ -157,6 +176,8 @@ class Cell:
         if self.method == "prompt-tuning":
             source = self.source_task
             parts += [f"P{self.prompt_length}", self.init if source is None else f"from-{slug(source)}"]
+            if self.variant:
+                parts.append(f"v-{self.variant}")
         if self.method == "prompt-design":
             parts.append(f"k{self.shots}")
         if self.method != "prompt-design" or self.shots:
@@ -203,6 +224,7 @@ def validate(config: ExperimentConfig, where: str = "config") -> None:
                     if any(v.startswith(TRANSFER_PREFIX) for v in bad) else "")
             raise ConfigError(f"{where}: {key} {bad or values} not in {list(known)}{hint}")
     validate_transfer(config, where)
+    validate_variants(config, where)
     for key in ("prompt_lengths", "seeds", "shots"):
         values = getattr(config, key)
         if not values or any(v < 0 for v in values) or len(set(values)) != len(values):
@@ -243,6 +265,40 @@ def validate_transfer(config: ExperimentConfig, where: str) -> None:
     pairs = [(t.source, t.target) for t in config.transfer]
     if len(set(pairs)) != len(pairs):
         raise ConfigError(f"{where}: transfer lists a source → target pair twice")
+
+
+def validate_variants(config: ExperimentConfig, where: str) -> None:
+    """Names are plain and distinct, models are the grid's, and the overrides make a valid TrainConfig."""
+    names = [v.name for v in config.variants]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{where}: two variants share a name")
+    known = {f.name for f in fields(TrainConfig)}
+    for i, v in enumerate(config.variants):
+        at = f"{where}: variants[{i}]"
+        if not re.fullmatch(r"[A-Za-z0-9_]+", v.name):
+            raise ConfigError(f"{at}: name {v.name!r} must be letters, digits or _")
+        if "prompt-tuning" not in config.methods:
+            raise ConfigError(f"{at}: a variant is a prompt-tuning recipe; add prompt-tuning to methods")
+        bad = sorted(set(v.prompt_tuning) - known)
+        axes = sorted(set(v.prompt_tuning) & set(AXIS_KEYS["prompt_tuning"]))
+        if bad or axes:
+            raise ConfigError(f"{at}: {bad or axes} " + ("are not prompt_tuning settings" if bad else
+                              "are grid axes (prompt_lengths, inits, seeds), not a recipe"))
+        if not v.prompt_tuning:
+            raise ConfigError(f"{at}: prompt_tuning overrides nothing; it would repeat the grid's own cells")
+        others = sorted(set(v.models or []) - set(config.models))
+        if others or v.models == []:
+            raise ConfigError(f"{at}: models {others or v.models} are not a non-empty subset of the grid's models")
+        try:
+            variant_settings(config, v)
+        except (ConfigError, ValueError, TypeError) as err:
+            raise ConfigError(f"{at}: {err}") from None
+
+
+def variant_settings(config: ExperimentConfig, variant: Variant) -> TrainConfig:
+    """The grid's prompt_tuning section with the variant's overrides, type-checked like the section itself."""
+    raw = {**json.loads(json.dumps(asdict(config.prompt_tuning))), **variant.prompt_tuning}
+    return build(TrainConfig, raw, f"variant {variant.name}")
 
 
 def task_names(config: ExperimentConfig) -> list[str]:
@@ -286,6 +342,9 @@ def cells(config: ExperimentConfig) -> list[Cell]:
                 elif train_task == eval_task:
                     out += [replace(base, method=method, shots=k, seed=s)
                             for k in config.shots for s in (config.seeds if k else config.seeds[:1])]
+        out += [Cell(model, "prompt-tuning", t, t, p, config.inits[0], s, variant=v.name)
+                for v in config.variants if v.models is None or model in v.models
+                for t in config.tasks for p in config.prompt_lengths for s in config.seeds]
         # After every cell of the model, so each source cell (a task of ``tasks``) precedes its targets.
         out += [Cell(model, "prompt-tuning", t.target, t.target, p, TRANSFER_PREFIX + t.source, s)
                 for t in config.transfer for p in config.prompt_lengths for s in config.seeds]

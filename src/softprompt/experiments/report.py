@@ -31,7 +31,8 @@ METHOD_STYLE = {"model-tuning": ("tab:orange", "s"), "prompt-tuning": ("tab:gree
 
 def _key(r: dict[str, Any]) -> tuple:
     c = r["cell"]
-    return (c["model"], c["method"], c["train_task"], c["eval_task"], c["prompt_length"], c["init"], c["shots"])
+    return (c["model"], c["method"], c["train_task"], c["eval_task"], c["prompt_length"], c["init"], c["shots"],
+            c.get("variant", ""))
 
 
 def aggregate(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -42,9 +43,10 @@ def aggregate(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     rows = []
     for key, rs in groups.items():
         scores = [r["score"] for r in rs]
-        model, method, train_task, eval_task, p, init, shots = key
+        model, method, train_task, eval_task, p, init, shots, variant = key
         rows.append({"model": model, "method": method, "train_task": train_task, "eval_task": eval_task,
-                     "prompt_length": p, "init": init, "shots": shots, "metric": rs[0]["metric"],
+                     "prompt_length": p, "init": init, "shots": shots, "variant": variant,
+                     "series": f"{method} ({variant})" if variant else method, "metric": rs[0]["metric"],
                      "parameters": rs[0]["model"]["parameters"], "trainable_params": rs[0]["trainable_params"],
                      "mean": statistics.fmean(scores), "std": statistics.pstdev(scores) if len(scores) > 1 else 0.0,
                      "n": len(scores), "seconds": statistics.fmean(r["seconds"] for r in rs)})
@@ -135,7 +137,7 @@ def write_report(config: ExperimentConfig, folder: Path | None = None) -> Path:
     total = len(cells(config))
     rows = aggregate(records)
     rows.sort(key=lambda r: (r["parameters"], r["model"], _task_label(r), r["method"], r["prompt_length"],
-                             r["init"], r["shots"]))
+                             r["init"], r["shots"], r["variant"]))
     ev = config.eval
     lines = [f"# Results: {config.name}", ""]
     if config.description:
@@ -152,10 +154,10 @@ def write_report(config: ExperimentConfig, folder: Path | None = None) -> Path:
     plots = []
     headline = [r for r in rows if _headline(r, config)]
     if headline:
-        _plot(_by_model_size(headline, "method"), folder / "score_vs_size.png",
+        _plot(_by_model_size(headline, "series"), folder / "score_vs_size.png",
               "Score vs model size", "method", METHOD_STYLE)
         plots.append(("Score vs model size (headline settings)", "score_vs_size.png"))
-    pt = [r for r in rows if r["method"] == "prompt-tuning"]
+    pt = [r for r in rows if r["method"] == "prompt-tuning" and not r["variant"]]  # ablations: the grid's recipe
     one_size = len({r["parameters"] for r in pt}) == 1
     for axis, order, fixed, name, title, legend in (
             ("prompt_length", sorted(config.prompt_lengths), ("init", config.inits[0]), "prompt_length.png",
@@ -195,7 +197,7 @@ def write_report(config: ExperimentConfig, folder: Path | None = None) -> Path:
 
 def _setting(r: dict[str, Any]) -> str:
     if r["method"] == "prompt-tuning":
-        return f"P={r['prompt_length']}, {r['init']}"
+        return f"P={r['prompt_length']}, {r['init']}" + (f", {r['variant']}" if r.get("variant") else "")
     if r["method"] == "prompt-design":
         return f"{r['shots']}-shot"
     return "all weights"

@@ -34,7 +34,7 @@ from softprompt.core.prompted import PromptedModel
 from softprompt.evaluation.scoring import evaluate
 from softprompt.experiments.baselines.model_tuning import ModelTuneConfig, tune_model
 from softprompt.experiments.baselines.prompt_design import design_prompt
-from softprompt.experiments.grid import Cell, ExperimentConfig, cells, preflight, source_cell
+from softprompt.experiments.grid import Cell, ExperimentConfig, cells, preflight, source_cell, variant_settings
 from softprompt.experiments.methods import count_parameters, task_parameters
 from softprompt.experiments.provenance import provenance
 from softprompt.tasks import Example, Task, get_task
@@ -43,6 +43,12 @@ from softprompt.training.initializers import TRANSFER_PREFIX
 from softprompt.training.prompt_tuning import TrainConfig, train_prompt
 
 __all__ = ["RunSummary", "load_cells", "reusable", "run_cell", "run_experiment"]
+
+
+# What a cell's record means. Bumped whenever code changes what a cell with the same settings computes (format 2:
+# checkpoints selected on a slice held out from train, exact gradient accumulation, lr "auto" resolved per model,
+# one row per input for one-token labels); a finished cell of another format is refused, never silently reused.
+CELL_FORMAT = 2
 
 
 @dataclass
@@ -107,7 +113,10 @@ def method_settings(config: ExperimentConfig, cell: Cell) -> TrainConfig | Model
     if cell.method == "prompt-tuning":
         init = cell.init if cell.source_task is None else \
             TRANSFER_PREFIX + str(prompt_path(config, source_cell(config, cell)))
-        return replace(config.prompt_tuning, prompt_length=cell.prompt_length, init=init, seed=cell.seed)
+        base = config.prompt_tuning
+        if cell.variant:
+            base = variant_settings(config, next(v for v in config.variants if v.name == cell.variant))
+        return replace(base, prompt_length=cell.prompt_length, init=init, seed=cell.seed)
     if cell.method == "model-tuning":
         return replace(config.model_tuning, seed=cell.seed)
     return None
@@ -134,22 +143,43 @@ def reusable(config: ExperimentConfig, cell: Cell) -> dict[str, Any] | None:
 
 def _reusable_in(config: ExperimentConfig, cell: Cell) -> tuple[dict[str, Any], str] | None:
     """(:func:`reusable`'s record, the grid it was found in)."""
-    want = _same_run(config, cell)
-    settings = method_settings(config, cell)
-    # A setting a record lacks is newer than the record; its default is the behaviour the cell ran with.
-    defaults = json.loads(json.dumps(asdict(type(settings)()))) if settings is not None else {}
     for name in config.reuse:
         path = Path(config.output) / name / "cells" / f"{cell.id}.json"
         if not path.is_file():
             continue
         record = json.loads(path.read_text())
-        stored = record.get("config")
-        have = {"config": {**defaults, **stored} if isinstance(stored, dict) else stored,
-                "eval": {k: v for k, v in record.get("eval", {}).items() if k != "examples"},
-                "train_limit": record.get("train_limit")}
-        if have == want:
+        if not stale_reasons(config, cell, record):
             return {**record, "experiment": config.name, "reused_from": record.get("reused_from", name)}, name
     return None
+
+
+def stale_reasons(config: ExperimentConfig, cell: Cell, record: dict[str, Any]) -> list[str]:
+    """Why a finished record is not what ``cell`` would compute now (empty: it is): another cell format (older
+    code), or other settings — the method's config, the eval settings, the train limit."""
+    reasons = []
+    if record.get("cell_format", 1) != CELL_FORMAT:
+        reasons.append(f"cell format {record.get('cell_format', 1)} (this code writes {CELL_FORMAT})")
+    want = _same_run(config, cell)
+    settings = method_settings(config, cell)
+    # A setting a record lacks is newer than the record; its default is the behaviour the cell ran with.
+    defaults = json.loads(json.dumps(asdict(type(settings)()))) if settings is not None else {}
+    stored = record.get("config")
+    have = {"config": {**defaults, **stored} if isinstance(stored, dict) else stored,
+            "eval": {k: v for k, v in record.get("eval", {}).items() if k != "examples"},
+            "train_limit": record.get("train_limit")}
+    for part in ("config", "eval"):
+        if isinstance(want[part], dict) and isinstance(have[part], dict):
+            keys = sorted(k for k in set(want[part]) | set(have[part]) if want[part].get(k) != have[part].get(k))
+            reasons += [f"{part}.{k}: {have[part].get(k)!r} in the record, {want[part].get(k)!r} now" for k in keys]
+        elif want[part] != have[part]:
+            reasons.append(f"{part} differs")
+    if want["train_limit"] != have["train_limit"]:
+        reasons.append(f"train_limit: {have['train_limit']!r} in the record, {want['train_limit']!r} now")
+    return reasons
+
+
+class StaleCellError(RuntimeError):
+    """A finished cell's record was computed with other settings or older code than the grid's now."""
 
 
 def run_cell(config: ExperimentConfig, cell: Cell, backbone: Backbone, data: _Data, *, progress: bool = False
@@ -226,6 +256,7 @@ def run_cell(config: ExperimentConfig, cell: Cell, backbone: Backbone, data: _Da
         "train_seconds": round(train_seconds, 2),
         **extra,
         **provenance(),
+        "cell_format": CELL_FORMAT,
         "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
 
@@ -248,15 +279,24 @@ def run_experiment(config: ExperimentConfig, *, progress: bool = False,
     summary = RunSummary()
     t0 = time.perf_counter()
     data = _Data(config)
+    stale = {c.id: why for c in grid if cell_path(config, c).is_file()
+             and (why := stale_reasons(config, c, json.loads(cell_path(config, c).read_text())))}
+    if stale:
+        first, why = next(iter(stale.items()))
+        raise StaleCellError(
+            f"{len(stale)} finished cell(s) in {config.out_dir / 'cells'} were computed with other settings or "
+            f"older code than {config.name!r} gives now, e.g. {first}: {'; '.join(why[:3])}. A finished cell is "
+            "never silently reused: delete those cell files to compute them again, or give the grid another name "
+            "or output folder")
     for model in dict.fromkeys(c.model for c in grid):
         todo = [c for c in grid if c.model == model and not cell_path(config, c).is_file()]
         summary.skipped += [c.id for c in grid if c.model == model and c not in todo]
         for cell in list(todo):
             found = _reusable_in(config, cell)
             if found is not None:
-                record, grid = found
+                record, source_grid = found
                 # A prompt-tuning cell's prompt comes along: a transfer cell of this grid may start from it.
-                other = Path(config.output) / grid / "prompts" / f"{cell.id}.safetensors"
+                other = Path(config.output) / source_grid / "prompts" / f"{cell.id}.safetensors"
                 if other.is_file():
                     atomic_write(prompt_path(config, cell), lambda tmp, src=other: shutil.copyfile(src, tmp))
                 _write_record(config, cell, record)
