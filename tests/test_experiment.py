@@ -162,6 +162,9 @@ def test_cli_rerun_trains_nothing(sweep_dir: Path, tmp_path: Path, capsys: pytes
     ({"variants": [{"name": "r", "prompt_tuning": {"lr": 0.3}, "models": ["other"]}]}, "subset of the grid"),
     ({"variants": [{"name": "a b", "prompt_tuning": {"lr": 0.3}}]}, "letters, digits"),
     ({"variants": [{"name": "r", "prompt_tuning": {"lr": 0.3}}] * 2}, "share a name"),
+    ({"exclude": [{}]}, "names no field"),
+    ({"exclude": [{"method": "model-tuning", "seed": 7}]}, "matches no cell"),
+    ({"exclude": [{"modle": "x"}]}, "unknown key"),
 ])
 def test_bad_config_fails_before_training(sweep_dir: Path, tmp_path: Path, override: dict, message: str,
                                           monkeypatch: pytest.MonkeyPatch) -> None:
@@ -378,3 +381,17 @@ def test_a_finished_cell_with_other_settings_or_older_code_is_refused(sweep_dir:
     # ... and never reused from another grid either.
     other = load_config(write_config(tmp_path / "o.yaml", {**base, "name": "o", "reuse": ["s"]}))
     assert reusable(other, cells(other)[0]) is None
+
+
+def test_exclude_drops_exactly_the_cells_it_matches(sweep_dir: Path, tmp_path: Path) -> None:
+    small, large = str(sweep_dir / "tiny-small"), str(sweep_dir / "tiny-large")
+    task = str(sweep_dir / "toy_a" / "toy_a.yaml")
+    base = grid(sweep_dir, pairs=[], prompt_lengths=[2], inits=["uniform"], shots=[0], seeds=[0, 1])
+    full = cells(load_config(write_config(tmp_path / "full.yaml", base)))
+    config = load_config(write_config(tmp_path / "ex.yaml", {**base, "exclude": [
+        {"model": large, "method": "model-tuning"}, {"task": task, "seed": 1, "method": "prompt-tuning"}]}))
+    kept = cells(config)
+    dropped = [c for c in full if c not in kept]
+    assert sorted(c.id for c in dropped) == sorted(c.id for c in full if (
+        (c.model == large and c.method == "model-tuning") or (c.seed == 1 and c.method == "prompt-tuning")))
+    assert dropped and any(c.model == small and c.method == "model-tuning" for c in kept)

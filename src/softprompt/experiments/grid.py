@@ -67,6 +67,24 @@ class Variant:
 
 
 @dataclass
+class Exclude:
+    """Cells to leave out of a grid: every cell matching all the fields given (e.g. model tuning of a model too
+    large for memory, or the extra seeds of all but one task)."""
+
+    model: str | None = None
+    method: str | None = None
+    task: str | None = None
+    """the cell's training task"""
+    seed: int | None = None
+    variant: str | None = None
+
+    def matches(self, cell: Cell) -> bool:
+        want = {"model": self.model, "method": self.method, "train_task": self.task, "seed": self.seed,
+                "variant": self.variant}
+        return all(v is None or getattr(cell, k) == v for k, v in want.items())
+
+
+@dataclass
 class EvalSettings:
     split: str = "validation"
     limit: int | None = 200
@@ -96,6 +114,8 @@ class ExperimentConfig:
     pairs: list[TaskPair] = field(default_factory=list)
     variants: list[Variant] = field(default_factory=list)
     """named prompt-tuning recipes run beside the grid's own (residual reparameterisation, the paper's lr, ...)"""
+    exclude: list[Exclude] = field(default_factory=list)
+    """cells left out: each entry drops the cells matching all its fields"""
     transfer: list[Transfer] = field(default_factory=list)
     """source → target prompt transfer: one prompt-tuning cell per pair × P × seed, initialised from the source
     task's cell (same model, P and seed; the first init)"""
@@ -225,6 +245,7 @@ def validate(config: ExperimentConfig, where: str = "config") -> None:
             raise ConfigError(f"{where}: {key} {bad or values} not in {list(known)}{hint}")
     validate_transfer(config, where)
     validate_variants(config, where)
+    validate_excludes(config, where)
     for key in ("prompt_lengths", "seeds", "shots"):
         values = getattr(config, key)
         if not values or any(v < 0 for v in values) or len(set(values)) != len(values):
@@ -295,6 +316,18 @@ def validate_variants(config: ExperimentConfig, where: str) -> None:
             raise ConfigError(f"{at}: {err}") from None
 
 
+def validate_excludes(config: ExperimentConfig, where: str) -> None:
+    """An entry names something of the grid, and drops at least one cell (a typo would otherwise drop nothing)."""
+    full = cells(replace(config, exclude=[]))
+    for i, e in enumerate(config.exclude):
+        at = f"{where}: exclude[{i}]"
+        if all(v is None for v in asdict(e).values()):
+            raise ConfigError(f"{at}: names no field; it would drop every cell")
+        if not any(e.matches(c) for c in full):
+            raise ConfigError(f"{at}: {({k: v for k, v in asdict(e).items() if v is not None})} matches no cell of "
+                              "the grid")
+
+
 def variant_settings(config: ExperimentConfig, variant: Variant) -> TrainConfig:
     """The grid's prompt_tuning section with the variant's overrides, type-checked like the section itself."""
     raw = {**json.loads(json.dumps(asdict(config.prompt_tuning))), **variant.prompt_tuning}
@@ -348,7 +381,7 @@ def cells(config: ExperimentConfig) -> list[Cell]:
         # After every cell of the model, so each source cell (a task of ``tasks``) precedes its targets.
         out += [Cell(model, "prompt-tuning", t.target, t.target, p, TRANSFER_PREFIX + t.source, s)
                 for t in config.transfer for p in config.prompt_lengths for s in config.seeds]
-    return list(dict.fromkeys(out))
+    return [c for c in dict.fromkeys(out) if not any(e.matches(c) for e in config.exclude)]
 
 
 def source_cell(config: ExperimentConfig, cell: Cell) -> Cell:
