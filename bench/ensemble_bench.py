@@ -12,30 +12,28 @@ Variants (every one scores the same E examples × K choices × N prompts, and is
 - ``sequential_sorted_shared``: the same two tricks applied to each prompt alone, N passes (what ``softprompt eval``
   does per prompt) — it separates what the batching itself buys from what the tricks buy.
 
-Writes ``bench/results/ensemble_cpu.json`` (versions, machine, settings, seconds, ratios, padded-token counts).
+Writes ``bench/results/ensemble_cpu.json`` (settings, seconds, ratios, padded-token counts, and the provenance record:
+versions, machine, load averages before and after, git revision).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
-import transformers
 
-from softprompt import __version__
 from softprompt.core.backbone import load_backbone
 from softprompt.core.bank import PromptBank
 from softprompt.core.prompted import PromptedModel
 from softprompt.core.tokenize import encode_inputs
 from softprompt.evaluation.ensemble import Ensemble
 from softprompt.evaluation.scoring import score_choices, single_token_choices
+from softprompt.experiments.provenance import load_average, provenance
 from softprompt.tasks import get_task
 from softprompt.training.initializers import init_prompt
 
@@ -103,7 +101,7 @@ def main() -> int:
     }
     real_tokens = args.prompts * sum(by_example)
 
-    load_before = os.getloadavg()
+    load_before = load_average()
     seconds: dict[str, float] = {}
     reference = None
     max_diff: dict[str, float] = {}
@@ -119,14 +117,10 @@ def main() -> int:
             print(f"{name:<26} {seconds[name]:8.2f} s  max |Δscore| {max_diff[name]:.2e}", file=sys.stderr)
     result = {
         "bench": "ensemble_cpu",
-        "versions": {"softprompt": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
-                     "python": platform.python_version()},
         "model": args.model,
-        "machine": {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                    "platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                    "load_average_before": [round(x, 2) for x in load_before],
-                    "load_average_after": [round(x, 2) for x in os.getloadavg()],
-                    "note": args.note},
+        "note": args.note,
+        "load_average_before": load_before,
+        **provenance(),  # versions, machine (threads: torch's), load_average (after the runs), git
         "settings": {"task": args.task, "examples": len(examples), "prompts": args.prompts,
                      "prompt_length": args.prompt_length, "batch_size": bs, "repeats": args.repeats,
                      "choices_per_example": sorted(set(k)), "one_token_choices_share_a_row": shared},

@@ -42,14 +42,14 @@ def largest_jump(losses: list[float]) -> float:
 def run_cell(model: str, p: int, args: argparse.Namespace, backbone: Any, task: Any, train: list) -> dict:
     import torch
 
-    from softprompt.experiments.provenance import provenance
+    from softprompt.experiments.provenance import load_average, provenance
     from softprompt.training.loop import TrainConfig, resolve_lr, train_prompt
 
     lr: float | str = args.lr if args.lr == "auto" else float(args.lr)
     config = TrainConfig(steps=args.steps, batch_size=args.batch_size, prompt_length=p, init=args.init, lr=lr,
                          seed=args.seed, eval_every=0, max_input_tokens=128, save_every=10)
     out = WORK / f"{model}_P{p}_{args.label}.safetensors"
-    load_before = [round(x, 2) for x in os.getloadavg()]
+    load_before = load_average()
     t0 = time.perf_counter()
     torch.manual_seed(args.seed)
     train_prompt(backbone, task, train, config, out, resume=True, progress=not args.no_progress)

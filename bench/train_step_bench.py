@@ -23,7 +23,6 @@ import argparse
 import gc
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -227,23 +226,6 @@ def ratios(results: dict) -> dict:
     return out
 
 
-def versions() -> dict:
-    import peft
-    import torch
-    import transformers
-
-    return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
-            "peft": peft.__version__}
-
-
-def machine(threads: int) -> dict:
-    cpu = platform.processor()
-    if os.path.exists("/proc/cpuinfo"):
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    return {"cpu": cpu, "logical_cpus": os.cpu_count(), "torch_threads": threads, "platform": platform.platform()}
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="smollm2-135m")
@@ -287,10 +269,13 @@ def main() -> None:
     if args.append and args.out.is_file():  # add to an earlier run's methods (same settings), newest wins
         results = {**json.loads(args.out.read_text())["results"], **results}
     out = ratios(results)
+    from softprompt.experiments.provenance import provenance
+
     report = {"benchmark": "train_step", "model": args.model, "batch": args.batch, "tokens_per_row": args.tokens,
               "prompt_length": args.prompt_length, "optimizer": "Adam (every method)", "dtype": "float32",
-              "steps_timed": args.steps, "warmup": args.warmup, "rounds": args.rounds, "versions": versions(),
-              "machine": machine(args.threads),
+              "steps_timed": args.steps, "warmup": args.warmup, "rounds": args.rounds,
+              "torch_threads": args.threads,  # the children's (machine.threads below is this process's)
+              **provenance("peft"),  # versions, machine, load_average, git
               "results": results, "ratios": out, "note": args.note,
               "targets": {"softprompt_vs_peft_interleaved_paired": "<= 1.0", "step_peak_vs_full": "<= 0.6",
                           "softprompt_step_vs_forward_interleaved_paired": "<= 2.3"}}
