@@ -7,7 +7,7 @@ Variants (every one scores the same E examples × K choices × N prompts, and is
 - ``sequential``: N passes of :func:`score_choices` with a one-prompt bank and K rows per example (the plain
   single-prompt pass, no tricks).
 - ``batched_naive``: one :func:`score_choices` call over all N prompts, K rows per example, example order.
-- ``batched_sorted``: :meth:`Ensemble.score` with rows in input-length order (less padding), K rows per example.
+- ``batched_sorted``: :meth:`Ensemble.score` with rows in length order (less padding), K rows per example.
 - ``batched``: :meth:`Ensemble.score` as shipped: length order + one row per (example, prompt) for one-token choices.
 - ``sequential_sorted_shared``: the same two tricks applied to each prompt alone, N passes (what ``softprompt eval``
   does per prompt) — it separates what the batching itself buys from what the tricks buy.
@@ -32,7 +32,7 @@ from softprompt.core.bank import PromptBank
 from softprompt.core.prompted import PromptedModel
 from softprompt.core.tokenize import encode_inputs
 from softprompt.evaluation.ensemble import Ensemble
-from softprompt.evaluation.scoring import score_choices, single_token_choices
+from softprompt.evaluation.scoring import row_chunks, score_choices, single_token_choices
 from softprompt.experiments.provenance import load_average, provenance
 from softprompt.tasks import get_task
 from softprompt.training.initializers import init_prompt
@@ -40,10 +40,11 @@ from softprompt.training.initializers import init_prompt
 ROOT = Path(__file__).resolve().parent
 
 
-def padded_tokens(lengths: list[int], batch_size: int) -> int:
-    """Token slots the model computes when rows of these lengths are cut into chunks, each padded to its longest."""
-    return sum(max(lengths[i:i + batch_size]) * len(lengths[i:i + batch_size])
-               for i in range(0, len(lengths), batch_size))
+def padded_tokens(lengths: list[int], batch_size: int, *, sort: bool = False) -> int:
+    """Token slots the model computes when rows of these lengths are cut into chunks, each padded to its longest:
+    in the given order, or (``sort``) longest first as :meth:`Ensemble.score` lays them out."""
+    chunks = row_chunks(range(len(lengths)), batch_size, lengths if sort else None)
+    return sum(max(lengths[i] for i in c) * len(c) for c in chunks)
 
 
 def main() -> int:
@@ -87,17 +88,15 @@ def main() -> int:
     n_in = [len(ids) for ids in encode_inputs(backbone.tokenizer, [e.input for e in examples], 256)]
     k = [len(e.choices or ()) for e in examples]
     by_example = [args.prompt_length + n_in[e] + 1 for e in range(len(examples)) for _ in range(k[e])]
-    order = sorted(range(len(examples)), key=lambda e: -n_in[e])
-    sorted_rows = [args.prompt_length + n_in[e] + 1 for e in order for _ in range(k[e])]
     # One row per (example, prompt) only where every choice is one token (see Ensemble.score).
     shared = single_token_choices(ensemble.model, examples) is not None
-    shared_rows = [args.prompt_length + n_in[e] for e in order] if shared else sorted_rows
+    shared_rows = [args.prompt_length + n_in[e] for e in range(len(examples))] if shared else by_example
     padding = {
         "sequential": args.prompts * padded_tokens(by_example, bs),
         "batched_naive": padded_tokens(by_example * args.prompts, bs),
-        "batched_sorted": padded_tokens(sorted_rows * args.prompts, bs),
-        "batched": padded_tokens(shared_rows * args.prompts, bs),
-        "sequential_sorted_shared": args.prompts * padded_tokens(shared_rows, bs),
+        "batched_sorted": padded_tokens(by_example * args.prompts, bs, sort=True),
+        "batched": padded_tokens(shared_rows * args.prompts, bs, sort=True),
+        "sequential_sorted_shared": args.prompts * padded_tokens(shared_rows, bs, sort=True),
     }
     real_tokens = args.prompts * sum(by_example)
 

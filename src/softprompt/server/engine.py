@@ -41,7 +41,7 @@ from softprompt.core.bank import PromptBank
 from softprompt.core.prompted import NoContextError, PromptedModel
 from softprompt.core.promptfile import PromptFile, PromptFileError, check_compatible, load_prompt
 from softprompt.core.templates import fill_template, input_template
-from softprompt.core.tokenize import encode_inputs, make_batch, make_input_batch, tokenize
+from softprompt.core.tokenize import encode_inputs, length_chunks, make_batch, make_input_batch, tokenize
 from softprompt.evaluation.ensemble import majority_vote, vote_strings
 from softprompt.evaluation.scoring import single_token_ids
 from softprompt.tasks import TASKS
@@ -306,22 +306,9 @@ class Engine:
 
     # ---- batched forwards ---------------------------------------------------------------------------------------
     def _chunks(self, lengths: Sequence[int]) -> list[list[int]]:
-        """Row indices (rows of ``lengths[i]`` tokens) grouped into forwards: sorted by length so rows of a forward
-        pad little (on CPU a forward costs rows x longest row), cut at ``max_batch_rows`` rows or when padding would
-        pass ``PAD_SLACK`` x the real tokens."""
-        order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-        chunks: list[list[int]] = []
-        real = 0
-        for i in order:
-            n = max(lengths[i], 1)
-            cur = chunks[-1] if chunks else None
-            if cur is None or len(cur) >= self.max_batch_rows or (len(cur) + 1) * n > PAD_SLACK * (real + n):
-                chunks.append([i])
-                real = n
-            else:
-                cur.append(i)
-                real += n
-        return chunks
+        """Row indices grouped into forwards: shortest rows first, at most ``max_batch_rows`` rows, cut where
+        padding would pass ``PAD_SLACK`` × the real tokens (on CPU a forward costs rows × its longest row)."""
+        return length_chunks(lengths, self.max_batch_rows, pad_slack=PAD_SLACK)
 
     def _input_lengths(self, texts: Sequence[str]) -> dict[str, int]:
         unique = sorted(set(texts))
