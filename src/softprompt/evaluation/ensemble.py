@@ -20,8 +20,9 @@ the lowest-numbered prompt among the tied. There is no mean-prob for generation.
 Speed (bench/ensemble_bench.py measures each): rows are laid out in order of length before chunking
 (:func:`~softprompt.core.tokenize.length_chunks`, as the server lays out its rows), so a chunk holds rows of nearly
 equal length and pads little; when every choice is one token (most verbalizers), the K choices of an (example,
-prompt) share one row, since they differ only in the token being scored; and on decoder-only models each prompt's columns are computed once and read from the prefix cache inside
-:class:`~softprompt.core.prompted.PromptedModel` (:mod:`softprompt.core.prefix_cache`).
+prompt) share one row, since they differ only in the token being scored; and on decoder-only models each prompt's
+columns are computed once and read from the prefix cache inside :class:`~softprompt.core.prompted.PromptedModel`
+(:mod:`softprompt.core.prefix_cache`).
 """
 
 from __future__ import annotations
