@@ -48,11 +48,7 @@ def test_other_model_is_refused(saved) -> None:
     with pytest.raises(PromptFileError, match="different model"):
         check_compatible(load_prompt(path), tiny_backbone("llama", seed=1))
     with pytest.raises(PromptFileError, match="hidden size"):
-        from softprompt.core.backbone import make_backbone
-        from softprompt.core.tiny import tiny_model
-
-        model, tok = tiny_model("llama", hidden=16)
-        check_compatible(load_prompt(path), make_backbone(model, tok, "small"))
+        check_compatible(load_prompt(path), tiny_backbone("llama", hidden=16))
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2", "t5"])
@@ -193,11 +189,8 @@ def test_override_accepts_other_weights_with_one_warning_but_never_another_hidde
     err = capsys.readouterr().err
     assert message is not None and "p.safetensors" in message
     assert err.count("\n") == 1 and err.startswith("softprompt: warning: p.safetensors: trained on a different")
-    from softprompt.core.tiny import tiny_model
-
-    model, tok = tiny_model("llama", hidden=16)
     with pytest.raises(PromptFileError, match="hidden size"):
-        check_compatible(pf, make_backbone(model, tok, "small"), allow_other_model=True)
+        check_compatible(pf, tiny_backbone("llama", hidden=16), allow_other_model=True)
 
 
 # ---- version-1 files ----------------------------------------------------------------------------------------------
