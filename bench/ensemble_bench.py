@@ -47,7 +47,7 @@ def padded_tokens(lengths: list[int], batch_size: int, *, sort: bool = False) ->
     return sum(max(lengths[i] for i in c) * len(c) for c in chunks)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--task", default="sst2")
@@ -60,7 +60,7 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=1, help="timed runs per variant (the minimum is kept)")
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "ensemble_cpu.json")
     parser.add_argument("--note", default="", help="how the machine was used meanwhile (stored with the results)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
     backbone = load_backbone(args.model)

@@ -265,7 +265,7 @@ def memory(backbone: Backbone, files: list[PromptFile]) -> dict:
             "ratio": round(8 * params / server, 2)}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--threads", type=int, default=1)
@@ -283,7 +283,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "serve_cpu.json")
     ap.add_argument("--note", default="2 cores shared with other jobs; timings are noisy",
                     help="how the machine was used meanwhile (stored with the results)")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     t_start = time.perf_counter()
     load_start = load_average()

@@ -226,7 +226,7 @@ def ratios(results: dict) -> dict:
     return out
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--batch", type=int, default=8)
@@ -242,7 +242,8 @@ def main() -> None:
     ap.add_argument("--from-log", type=Path, default=None, help="rebuild the report from a run's printed lines")
     ap.add_argument("--note", default="", help="free text stored in the report (how it was run)")
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)  # child mode: run one method, print JSON
-    args = ap.parse_args()
+    argv = sys.argv[1:] if argv is None else argv
+    args = ap.parse_args(argv)
     if args.one:
         args.method = args.one
         print(json.dumps(run_interleaved(args) if args.one == "interleaved" else run_one(args)))
@@ -258,7 +259,7 @@ def main() -> None:
     for r in range(0 if args.from_log else args.rounds):
         # Alternate the order each round: on a shared machine, load drifts; interleaving spreads it over methods.
         for method in (methods if r % 2 == 0 else methods[::-1]):
-            cmd = [sys.executable, __file__, "--one", method, *sys.argv[1:]]
+            cmd = [sys.executable, __file__, "--one", method, *argv]
             env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "TOKENIZERS_PARALLELISM": "false"}
             done = subprocess.run(cmd, capture_output=True, text=True, env=env)
             if done.returncode:
