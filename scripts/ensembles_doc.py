@@ -125,13 +125,13 @@ def earlier_runs_note(paths: list[Path]) -> list[str]:
     return out
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=ROOT / "docs" / "data" / "ensembles")
     parser.add_argument("--bench", type=Path, default=ROOT / "bench" / "results" / "ensemble_cpu.json")
     parser.add_argument("--tasks", default="sst2,copa")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "ensembles.md")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     tasks = args.tasks.split(",")
     results = [json.loads((args.data / f"ensemble_{t}.json").read_text()) for t in tasks]
     nb = json.loads((args.data / "neighbors.json").read_text())

@@ -1,6 +1,8 @@
 """Every benchmark script in bench/ runs end to end at tiny sizes: a tiny model folder for ``--model``, the toy task
 for ``--task`` where a bench takes one, results written to a temporary folder (never bench/results/). The numbers
 are meaningless; what is checked is that each script runs and writes the record the docs read, provenance included.
+The doc scripts this project owns run too: scripts/ensembles_doc.py rebuilds docs/ensembles.md as committed, and
+scripts/prompt_drift.py reads a freshly trained prompt.
 """
 
 from __future__ import annotations
@@ -109,3 +111,24 @@ def test_serve_bench(tiny_dirs: dict[str, Path], tmp_path: Path, monkeypatch: py
     bench.main([*argv, "--only", "d"])
     again = json.loads(out.read_text())
     assert sections <= set(again) and again["a_throughput_http"] == record["a_throughput_http"]
+
+
+def test_ensembles_doc_is_up_to_date(tmp_path: Path) -> None:
+    """docs/ensembles.md is generated ("do not edit by hand"): the script rebuilds it byte for byte."""
+    out = tmp_path / "ensembles.md"
+    assert script("scripts/ensembles_doc.py").main(["--out", str(out)]) == 0
+    assert out.read_text() == (ROOT / "docs" / "ensembles.md").read_text()
+
+
+def test_prompt_drift(tiny_dirs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from softprompt.core.backbone import load_backbone
+    from softprompt.training.loop import TrainConfig, train_prompt
+    from tests.toytask import toy_task
+
+    task = toy_task(tmp_path / "toy", 8)
+    out = tmp_path / "p.safetensors"
+    config = TrainConfig(steps=2, batch_size=4, prompt_length=3, eval_every=0, save_every=100)
+    train_prompt(load_backbone(str(tiny_dirs["llama"])), task, task.examples("train"), config, out, progress=False)
+    assert script("scripts/prompt_drift.py").main([str(out)]) == 0
+    drift = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert drift["steps"] == 2 and [r["position"] for r in drift["positions"]] == [0, 1, 2]
