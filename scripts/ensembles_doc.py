@@ -165,7 +165,8 @@ def main(argv: list[str] | None = None) -> int:
         "## How the ensemble runs",
         "",
         "The N prompts go into one `PromptBank` `[N, P, H]`; every row of a forward pass carries its prompt index "
-        "and goes through the one splice. Rows are laid out in input-length order (little padding per chunk), and "
+        "and goes through the one splice. The rows of all N prompts are laid out longest first (little padding per "
+        "chunk; `softprompt.core.tokenize.length_chunks`, the server's row layout too), and "
         "when every choice is a single token (SST-2's ' positive'/' negative', RTE's ' yes'/' no') the K choices "
         "of an (example, prompt) share one row: they differ only in the token being scored, whose log-probability "
         "comes from the logits at the end of the shared prefix. Other choice sets use `score_choices`' K rows.",

@@ -81,3 +81,57 @@ def test_python_block_runs(code: str, world, monkeypatch: pytest.MonkeyPatch,  #
     monkeypatch.setenv("SOFTPROMPT_DATA_DIR", str(DATA_DIR))
     exec(compile(code, "<doc block>", "exec"), {"__name__": "__doc_block__", "TOKEN": TOKEN})
     assert capsys.readouterr().out.strip(), "every block prints its result"
+
+
+REPO_DIRS = ("src/", "tests/", "bench/", "scripts/", "configs/", "docs/")
+LAYERS = ("core/", "tasks/", "evaluation/", "training/", "experiments/", "server/", "cli/")
+
+
+def named(pattern: str) -> list[tuple[str, str]]:
+    """(``file:line``, name) of every backticked name in README.md and docs/*.md that matches ``pattern``."""
+    out = []
+    for path in DOCS:
+        text = path.read_text()
+        for m in re.finditer(r"`([^`\s]+)`", text):
+            if re.fullmatch(pattern, m.group(1)):
+                out.append((f"{path.relative_to(ROOT)}:{text[:m.start()].count(chr(10)) + 1}", m.group(1)))
+    return out
+
+
+def test_docs_name_only_modules_and_objects_that_exist() -> None:
+    """`softprompt.x.y` / `softprompt.x.y.name` in the docs: the module imports and has the name."""
+    import importlib
+
+    missing = []
+    for where, name in named(r"softprompt(\.\w+)+(\(\))?"):
+        parts = name.removesuffix("()").split(".")
+        for i in range(len(parts), 0, -1):  # the longest importable prefix, then attributes
+            try:
+                obj = importlib.import_module(".".join(parts[:i]))
+            except ImportError:
+                continue
+            try:
+                for attr in parts[i:]:
+                    obj = getattr(obj, attr)
+            except AttributeError:
+                missing.append(f"{where}: {name}")
+            break
+    assert not missing, missing
+
+
+def test_docs_name_only_files_that_exist() -> None:
+    """Repository paths in the docs (``src/...``, ``tests/...``, ``bench/...``, ..., and layer paths such as
+    ``core/prefix_cache.py``, which live in src/softprompt/) exist."""
+    missing = []
+    for where, name in named(r"[\w.-]+/[\w./-]*"):
+        if name.startswith(REPO_DIRS):
+            path = ROOT / name
+        elif name.startswith(LAYERS):
+            path = ROOT / "src" / "softprompt" / name
+        elif name.startswith("softprompt/"):
+            path = ROOT / "src" / name
+        else:
+            continue  # a user's file in an example (runs/, prompts/, ...)
+        if not path.exists():
+            missing.append(f"{where}: {name}")
+    assert not missing, missing
