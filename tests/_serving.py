@@ -71,7 +71,7 @@ def make_prompt_dir(backbone: Backbone, root: Path) -> dict[str, list[torch.Tens
 
 def offline_scores(backbone: Backbone, prompt: torch.Tensor, inputs: list[str], words: tuple[str, ...]
                    ) -> torch.Tensor:
-    """[E, K] scores through the library's offline path (evaluate.score_choices over the splice)."""
+    """[E, K] scores through the library's offline path (evaluation.scoring.score_choices over the splice)."""
     pm = PromptedModel(backbone, PromptBank(prompt.unsqueeze(0)))
     return score_choices(pm, [Example(t, words[0], words) for t in inputs])[0]
 
