@@ -7,48 +7,47 @@ Variants (every one scores the same E examples × K choices × N prompts, and is
 - ``sequential``: N passes of :func:`score_choices` with a one-prompt bank and K rows per example (the plain
   single-prompt pass, no tricks).
 - ``batched_naive``: one :func:`score_choices` call over all N prompts, K rows per example, example order.
-- ``batched_sorted``: :meth:`Ensemble.score` with rows in input-length order (less padding), K rows per example.
+- ``batched_sorted``: :meth:`Ensemble.score` with rows in length order (less padding), K rows per example.
 - ``batched``: :meth:`Ensemble.score` as shipped: length order + one row per (example, prompt) for one-token choices.
 - ``sequential_sorted_shared``: the same two tricks applied to each prompt alone, N passes (what ``softprompt eval``
   does per prompt) — it separates what the batching itself buys from what the tricks buy.
 
-Writes ``bench/results/ensemble_cpu.json`` (versions, machine, settings, seconds, ratios, padded-token counts).
+Writes ``bench/results/ensemble_cpu.json`` (settings, seconds, ratios, padded-token counts, and the provenance record:
+versions, machine, load averages before and after, git revision).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
-import transformers
 
-from softprompt import __version__
 from softprompt.core.backbone import load_backbone
 from softprompt.core.bank import PromptBank
 from softprompt.core.prompted import PromptedModel
 from softprompt.core.tokenize import encode_inputs
 from softprompt.evaluation.ensemble import Ensemble
-from softprompt.evaluation.scoring import score_choices, single_token_choices
+from softprompt.evaluation.scoring import row_chunks, score_choices, single_token_choices
+from softprompt.experiments.provenance import load_average, provenance
 from softprompt.tasks import get_task
 from softprompt.training.initializers import init_prompt
 
 ROOT = Path(__file__).resolve().parent
 
 
-def padded_tokens(lengths: list[int], batch_size: int) -> int:
-    """Token slots the model computes when rows of these lengths are cut into chunks, each padded to its longest."""
-    return sum(max(lengths[i:i + batch_size]) * len(lengths[i:i + batch_size])
-               for i in range(0, len(lengths), batch_size))
+def padded_tokens(lengths: list[int], batch_size: int, *, sort: bool = False) -> int:
+    """Token slots the model computes when rows of these lengths are cut into chunks, each padded to its longest:
+    in the given order, or (``sort``) longest first as :meth:`Ensemble.score` lays them out."""
+    chunks = row_chunks(range(len(lengths)), batch_size, lengths if sort else None)
+    return sum(max(lengths[i] for i in c) * len(c) for c in chunks)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--task", default="sst2")
@@ -61,7 +60,7 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=1, help="timed runs per variant (the minimum is kept)")
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "ensemble_cpu.json")
     parser.add_argument("--note", default="", help="how the machine was used meanwhile (stored with the results)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
     backbone = load_backbone(args.model)
@@ -89,21 +88,19 @@ def main() -> int:
     n_in = [len(ids) for ids in encode_inputs(backbone.tokenizer, [e.input for e in examples], 256)]
     k = [len(e.choices or ()) for e in examples]
     by_example = [args.prompt_length + n_in[e] + 1 for e in range(len(examples)) for _ in range(k[e])]
-    order = sorted(range(len(examples)), key=lambda e: -n_in[e])
-    sorted_rows = [args.prompt_length + n_in[e] + 1 for e in order for _ in range(k[e])]
     # One row per (example, prompt) only where every choice is one token (see Ensemble.score).
     shared = single_token_choices(ensemble.model, examples) is not None
-    shared_rows = [args.prompt_length + n_in[e] for e in order] if shared else sorted_rows
+    shared_rows = [args.prompt_length + n_in[e] for e in range(len(examples))] if shared else by_example
     padding = {
         "sequential": args.prompts * padded_tokens(by_example, bs),
         "batched_naive": padded_tokens(by_example * args.prompts, bs),
-        "batched_sorted": padded_tokens(sorted_rows * args.prompts, bs),
-        "batched": padded_tokens(shared_rows * args.prompts, bs),
-        "sequential_sorted_shared": args.prompts * padded_tokens(shared_rows, bs),
+        "batched_sorted": padded_tokens(by_example * args.prompts, bs, sort=True),
+        "batched": padded_tokens(shared_rows * args.prompts, bs, sort=True),
+        "sequential_sorted_shared": args.prompts * padded_tokens(shared_rows, bs, sort=True),
     }
     real_tokens = args.prompts * sum(by_example)
 
-    load_before = os.getloadavg()
+    load_before = load_average()
     seconds: dict[str, float] = {}
     reference = None
     max_diff: dict[str, float] = {}
@@ -119,14 +116,10 @@ def main() -> int:
             print(f"{name:<26} {seconds[name]:8.2f} s  max |Δscore| {max_diff[name]:.2e}", file=sys.stderr)
     result = {
         "bench": "ensemble_cpu",
-        "versions": {"softprompt": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
-                     "python": platform.python_version()},
         "model": args.model,
-        "machine": {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                    "platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                    "load_average_before": [round(x, 2) for x in load_before],
-                    "load_average_after": [round(x, 2) for x in os.getloadavg()],
-                    "note": args.note},
+        "note": args.note,
+        "load_average_before": load_before,
+        **provenance(),  # versions, machine (threads: torch's), load_average (after the runs), git
         "settings": {"task": args.task, "examples": len(examples), "prompts": args.prompts,
                      "prompt_length": args.prompt_length, "batch_size": bs, "repeats": args.repeats,
                      "choices_per_example": sorted(set(k)), "one_token_choices_share_a_row": shared},

@@ -6,7 +6,8 @@ The target (the trust issue): ≤ 1 nat over 100 steps for ``lr auto`` on all fo
 
 One JSON per run under ``bench/results/lr_auto/`` (a resumable cell: a finished run is skipped, a killed one
 resumes from its training checkpoint under ``runs/lr_bench/``); the summary ``bench/results/lr_auto_cpu.json``
-collects every finished cell, and ``--plot`` draws the loss curves.
+collects every finished cell, and ``--plot`` draws the loss curves. ``--results`` and ``--work`` move those folders
+(the tests run it on a tiny model and a toy ``--task`` into a temporary folder).
 
     PYTHONPATH=src python bench/lr_bench.py --models smollm2-135m --prompt-lengths 5 20 50 100
     PYTHONPATH=src python bench/lr_bench.py --models smollm2-135m --prompt-lengths 20 --lr 0.3 --label paper
@@ -17,17 +18,27 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 RESULTS = Path(__file__).parent / "results"
-CELLS = RESULTS / "lr_auto"
-SUMMARY = RESULTS / "lr_auto_cpu.json"
 WORK = Path(__file__).resolve().parents[1] / "runs" / "lr_bench"
 JUMP_LIMIT = 1.0  # nats
+
+
+def cells_dir(results: Path) -> Path:
+    return results / "lr_auto"
+
+
+def summary_path(results: Path) -> Path:
+    return results / "lr_auto_cpu.json"
+
+
+def cell_name(model: str, p: int, label: str) -> str:
+    """A cell's file stem: the model's name (a model folder's own name), P and the lr label."""
+    return f"{Path(model).name}_P{p}_{label}"
 
 
 def largest_jump(losses: list[float]) -> float:
@@ -42,14 +53,14 @@ def largest_jump(losses: list[float]) -> float:
 def run_cell(model: str, p: int, args: argparse.Namespace, backbone: Any, task: Any, train: list) -> dict:
     import torch
 
-    from softprompt.experiments.provenance import provenance
+    from softprompt.experiments.provenance import load_average, provenance
     from softprompt.training.prompt_tuning import TrainConfig, resolve_lr, train_prompt
 
     lr: float | str = args.lr if args.lr == "auto" else float(args.lr)
     config = TrainConfig(steps=args.steps, batch_size=args.batch_size, grad_accum=args.grad_accum, prompt_length=p,
                          init=args.init, lr=lr, seed=args.seed, eval_every=0, max_input_tokens=128, save_every=10)
-    out = WORK / f"{model}_P{p}_{args.label}.safetensors"
-    load_before = [round(x, 2) for x in os.getloadavg()]
+    out = args.work / f"{cell_name(model, p, args.label)}.safetensors"
+    load_before = load_average()
     t0 = time.perf_counter()
     torch.manual_seed(args.seed)
     train_prompt(backbone, task, train, config, out, resume=True, progress=not args.no_progress)
@@ -60,7 +71,7 @@ def run_cell(model: str, p: int, args: argparse.Namespace, backbone: Any, task: 
         "model": model, "prompt_length": p, "label": args.label, "lr_setting": args.lr,
         "lr": resolve_lr(config, backbone), "embedding_std": backbone.embedding_std(), "init": args.init,
         "steps": len(losses), "batch_size": args.batch_size, "grad_accum": args.grad_accum, "seed": args.seed,
-        "task": "sst2",
+        "task": task.name,
         "losses": [round(x, 5) for x in losses], "largest_jump": round(largest_jump(losses), 5),
         "first_loss": losses[0], "last10_mean_loss": sum(losses[-10:]) / len(losses[-10:]),
         "seconds": round(seconds, 1), "seconds_per_step": round(seconds / max(1, len(losses)), 3),
@@ -68,8 +79,8 @@ def run_cell(model: str, p: int, args: argparse.Namespace, backbone: Any, task: 
     }
 
 
-def summarize() -> dict:
-    cells = [json.loads(p.read_text()) for p in sorted(CELLS.glob("*.json"))]
+def summarize(results: Path) -> dict:
+    cells = [json.loads(p.read_text()) for p in sorted(cells_dir(results).glob("*.json"))]
     rows = [{k: c[k] for k in ("model", "prompt_length", "label", "lr", "embedding_std", "steps", "largest_jump",
                                "first_loss", "last10_mean_loss", "seconds_per_step")} for c in cells]
     auto = [r for r in rows if r["label"] == "auto"]
@@ -81,17 +92,17 @@ def summarize() -> dict:
         "auto_worst_jump": max((r["largest_jump"] for r in auto), default=None),
         "runs": rows,
     }
-    SUMMARY.write_text(json.dumps(summary, indent=2) + "\n")
+    summary_path(results).write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
 
-def plot(path: Path) -> None:
+def plot(results: Path, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    cells = [json.loads(p.read_text()) for p in sorted(CELLS.glob("*.json"))]
+    cells = [json.loads(p.read_text()) for p in sorted(cells_dir(results).glob("*.json"))]
     models = list(dict.fromkeys(c["model"] for c in cells))
     fig, axes = plt.subplots(1, len(models), figsize=(4.2 * len(models), 3.4), squeeze=False, sharey=True)
     for ax, model in zip(axes[0], models, strict=True):
@@ -108,7 +119,7 @@ def plot(path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", nargs="+", default=["smollm2-135m", "gemma3-270m", "qwen2.5-0.5b", "qwen2.5-1.5b"])
     ap.add_argument("--prompt-lengths", nargs="+", type=int, default=[5, 20, 50, 100])
@@ -125,7 +136,10 @@ def main() -> int:
     ap.add_argument("--summary-only", action="store_true")
     ap.add_argument("--plot", type=Path, default=None, help="also draw the loss curves to this PNG")
     ap.add_argument("--no-progress", action="store_true")
-    args = ap.parse_args()
+    ap.add_argument("--task", default="sst2", help="the task tuned (a built-in name or a task spec)")
+    ap.add_argument("--results", type=Path, default=RESULTS, help="where the cells and the summary go")
+    ap.add_argument("--work", type=Path, default=WORK, help="where the runs' prompts and checkpoints go")
+    args = ap.parse_args(argv)
     if not args.summary_only:
         import torch
 
@@ -134,24 +148,25 @@ def main() -> int:
         from softprompt.tasks import get_task
 
         torch.set_num_threads(args.threads)
-        task = get_task("sst2")
+        task = get_task(args.task)
         train = task.examples("train", args.data_dir)
-        CELLS.mkdir(parents=True, exist_ok=True)
+        cells = cells_dir(args.results)
+        cells.mkdir(parents=True, exist_ok=True)
         for model in args.models:
-            todo = [p for p in args.prompt_lengths if not (CELLS / f"{model}_P{p}_{args.label}.json").is_file()]
+            todo = [p for p in args.prompt_lengths if not (cells / f"{cell_name(model, p, args.label)}.json").is_file()]
             if not todo:
                 continue
             backbone = load_backbone(model)
             for p in todo:
                 cell = run_cell(model, p, args, backbone, task, train)
-                atomic_write(CELLS / f"{model}_P{p}_{args.label}.json",
+                atomic_write(cells / f"{cell_name(model, p, args.label)}.json",
                              lambda tmp, cell=cell: Path(tmp).write_text(json.dumps(cell, indent=1) + "\n"))
                 print(f"{model} P={p} {args.label}: lr {cell['lr']:.4g}, largest jump {cell['largest_jump']:.3f} "
                       f"nats, {cell['seconds_per_step']:.2f} s/step", flush=True)
             del backbone
-    summary = summarize()
+    summary = summarize(args.results)
     if args.plot:
-        plot(args.plot)
+        plot(args.results, args.plot)
     print(json.dumps({k: v for k, v in summary.items() if k != "runs"}))
     return 0
 

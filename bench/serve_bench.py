@@ -20,7 +20,6 @@ import asyncio
 import dataclasses
 import json
 import os
-import platform
 import socket
 import statistics
 import subprocess
@@ -38,6 +37,7 @@ from softprompt.core.bank import PromptBank
 from softprompt.core.prompted import PromptedModel
 from softprompt.core.promptfile import PromptFile, PromptMeta, save_prompt
 from softprompt.evaluation.scoring import evaluate
+from softprompt.experiments.provenance import load_average, provenance
 from softprompt.server.engine import Engine, Job
 from softprompt.tasks import get_task
 from softprompt.tasks.base import resolve_data_dir
@@ -265,7 +265,7 @@ def memory(backbone: Backbone, files: list[PromptFile]) -> dict:
             "ratio": round(8 * params / server, 2)}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--threads", type=int, default=1)
@@ -281,10 +281,12 @@ def main() -> None:
     ap.add_argument("--only", nargs="*", choices=["a", "b", "c", "d", "e", "f"], default=None,
                     help="rerun these sections only, keeping the others from --out")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "serve_cpu.json")
-    args = ap.parse_args()
+    ap.add_argument("--note", default="2 cores shared with other jobs; timings are noisy",
+                    help="how the machine was used meanwhile (stored with the results)")
+    args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     t_start = time.perf_counter()
-    load_start = os.getloadavg()
+    load_start = load_average()
     backbone = load_backbone(args.model)
     texts = sentences(args.requests)
     files = [prompt_file(backbone, args.prompt_length, seed) for seed in range(8)]
@@ -306,19 +308,12 @@ def main() -> None:
         result["e_rows_per_input"] = rows_per_input(args, backbone, files, texts)
     if "f" in only:
         result["f_eval_sst2"] = eval_sst2(args, backbone)
-    import fastapi
-    import transformers
-
     # Paths relative to the repository: a results file names no machine's folders.
     settings = {k: (os.path.relpath(v, ROOT) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     out = {"model": args.model, "model_type": backbone.model_type, "dtype": "float32", "device": "cpu",
            "settings": result.get("settings", settings) if args.only else settings,
-           "versions": {"python": platform.python_version(), "torch": torch.__version__,
-                        "transformers": transformers.__version__, "fastapi": fastapi.__version__},
-           "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                       "cpu_count": os.cpu_count(), "note": "2 cores shared with other jobs; timings are noisy",
-                       "loadavg_1_5_15_start": [round(x, 2) for x in load_start],
-                       "loadavg_1_5_15_end": [round(x, 2) for x in os.getloadavg()]},
+           "note": args.note, "load_average_before": load_start,
+           **provenance("fastapi", "uvicorn"),  # versions, machine, load_average (at the end), git
            "workload": "SST-2 dev sentences, rank classification with 2 one-token labels (1 row per request), "
                        "8 tasks of sampled-vocab prompts",
            **{k: v for k, v in result.items() if k[1] == "_" or k.startswith(("seconds", "settings_rerun"))}}

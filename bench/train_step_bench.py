@@ -23,7 +23,6 @@ import argparse
 import gc
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -227,24 +226,7 @@ def ratios(results: dict) -> dict:
     return out
 
 
-def versions() -> dict:
-    import peft
-    import torch
-    import transformers
-
-    return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
-            "peft": peft.__version__}
-
-
-def machine(threads: int) -> dict:
-    cpu = platform.processor()
-    if os.path.exists("/proc/cpuinfo"):
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    return {"cpu": cpu, "logical_cpus": os.cpu_count(), "torch_threads": threads, "platform": platform.platform()}
-
-
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--batch", type=int, default=8)
@@ -260,7 +242,8 @@ def main() -> None:
     ap.add_argument("--from-log", type=Path, default=None, help="rebuild the report from a run's printed lines")
     ap.add_argument("--note", default="", help="free text stored in the report (how it was run)")
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)  # child mode: run one method, print JSON
-    args = ap.parse_args()
+    argv = sys.argv[1:] if argv is None else argv
+    args = ap.parse_args(argv)
     if args.one:
         args.method = args.one
         print(json.dumps(run_interleaved(args) if args.one == "interleaved" else run_one(args)))
@@ -276,7 +259,7 @@ def main() -> None:
     for r in range(0 if args.from_log else args.rounds):
         # Alternate the order each round: on a shared machine, load drifts; interleaving spreads it over methods.
         for method in (methods if r % 2 == 0 else methods[::-1]):
-            cmd = [sys.executable, __file__, "--one", method, *sys.argv[1:]]
+            cmd = [sys.executable, __file__, "--one", method, *argv]
             env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "TOKENIZERS_PARALLELISM": "false"}
             done = subprocess.run(cmd, capture_output=True, text=True, env=env)
             if done.returncode:
@@ -287,10 +270,13 @@ def main() -> None:
     if args.append and args.out.is_file():  # add to an earlier run's methods (same settings), newest wins
         results = {**json.loads(args.out.read_text())["results"], **results}
     out = ratios(results)
+    from softprompt.experiments.provenance import provenance
+
     report = {"benchmark": "train_step", "model": args.model, "batch": args.batch, "tokens_per_row": args.tokens,
               "prompt_length": args.prompt_length, "optimizer": "Adam (every method)", "dtype": "float32",
-              "steps_timed": args.steps, "warmup": args.warmup, "rounds": args.rounds, "versions": versions(),
-              "machine": machine(args.threads),
+              "steps_timed": args.steps, "warmup": args.warmup, "rounds": args.rounds,
+              "torch_threads": args.threads,  # the children's (machine.threads below is this process's)
+              **provenance("peft"),  # versions, machine, load_average, git
               "results": results, "ratios": out, "note": args.note,
               "targets": {"softprompt_vs_peft_interleaved_paired": "<= 1.0", "step_peak_vs_full": "<= 0.6",
                           "softprompt_step_vs_forward_interleaved_paired": "<= 2.3"}}

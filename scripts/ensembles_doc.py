@@ -60,10 +60,22 @@ def speed_reading(bench: dict) -> list[str]:
                    "proportionally cheaper, so on this CPU and model size something other than the token matrix "
                    "products (per-forward overheads, how differently shaped batches run) dominates. Why is not yet "
                    "understood; until it is, batching an ensemble here saves no time, though it costs none.")
-    note = bench["machine"].get("note")
+    note = conditions(bench)["note"]
     if note:  # the run's own account of the machine (a shared machine makes the ratios noisy)
         out.append(f"Machine: {note.rstrip('.')}.")
     return [" ".join(out)]
+
+
+def conditions(bench: dict) -> dict:
+    """Threads, cores, load averages before/after and the note of a bench run, from either record layout: the
+    provenance record (``machine.threads``, ``load_average_before`` / ``load_average``, ``note``) or the one runs
+    before it wrote (all inside ``machine``)."""
+    m = bench["machine"]
+    if "load_average_before" in m:
+        return {"threads": m["torch_threads"], "cpus": m["cpu_count"], "load_before": m["load_average_before"],
+                "load_after": m["load_average_after"], "note": m.get("note")}
+    return {"threads": m["threads"], "cpus": m["logical_cpus"], "load_before": bench["load_average_before"],
+            "load_after": bench["load_average"], "note": bench.get("note")}
 
 
 def earlier_runs_note(paths: list[Path]) -> list[str]:
@@ -73,23 +85,23 @@ def earlier_runs_note(paths: list[Path]) -> list[str]:
         if not path.is_file():
             continue
         first = json.loads(path.read_text())
-        r, m = first["ratio_to_sequential"], first["machine"]
+        r, m = first["ratio_to_sequential"], conditions(first)
         out += [f"An earlier run (`{path.name}`: E = {first['settings']['examples']}, "
                 f"{first['settings'].get('repeats', 1)} repeat(s)) measured "
                 + ", ".join(f"{k} {v:.2f}" for k, v in r.items())
-                + f" with load average {m['load_average_before'][0]} before and {m['load_average_after'][0]} after, "
+                + f" with load average {m['load_before'][0]} before and {m['load_after'][0]} after, "
                 f"on cores shared with other jobs ({m.get('note') or 'no note'}): load that changes between variants "
                 "moves these ratios, so it is kept for the record, not as the result.", ""]
     return out
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=ROOT / "docs" / "data" / "ensembles")
     parser.add_argument("--bench", type=Path, default=ROOT / "bench" / "results" / "ensemble_cpu.json")
     parser.add_argument("--tasks", default="sst2,copa")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "ensembles.md")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     tasks = args.tasks.split(",")
     results = [json.loads((args.data / f"ensemble_{t}.json").read_text()) for t in tasks]
     nb = json.loads((args.data / "neighbors.json").read_text())
@@ -97,7 +109,7 @@ def main() -> int:
     drift = json.loads(drift_path.read_text()) if drift_path.is_file() else None
     bench = json.loads(args.bench.read_text())
     reading = (args.data / "reading.md").read_text().strip()
-    b = bench["settings"]
+    b, run = bench["settings"], conditions(bench)
 
     doc = [
         "# Prompt ensembles and what a prompt is close to",
@@ -123,7 +135,8 @@ def main() -> int:
         "## How the ensemble runs",
         "",
         "The N prompts go into one `PromptBank` `[N, P, H]`; every row of a forward pass carries its prompt index "
-        "and goes through the one splice. Rows are laid out in input-length order (little padding per chunk), and "
+        "and goes through the one splice. The rows of all N prompts are laid out longest first (little padding per "
+        "chunk; `softprompt.core.tokenize.length_chunks`, the server's row layout too), and "
         "when every choice is a single token (SST-2's ' positive'/' negative', RTE's ' yes'/' no') the K choices "
         "of an (example, prompt) share one row: they differ only in the token being scored, whose log-probability "
         "comes from the logits at the end of the shared prefix. Other choice sets use `score_choices`' K rows.",
@@ -150,9 +163,8 @@ def main() -> int:
         "",
         f"`bench/ensemble_bench.py`, {bench['model']}, {b['task']}, E = {b['examples']}, N = {b['prompts']}, "
         f"P = {b['prompt_length']}, {b['batch_size']} rows per forward, best of {b['repeats']} interleaved runs, "
-        "torch threads "
-        f"{bench['machine']['torch_threads']} of {bench['machine']['cpu_count']} cores (load average before/after "
-        f"{bench['machine']['load_average_before'][0]} / {bench['machine']['load_average_after'][0]}).",
+        f"torch threads {run['threads']} of {run['cpus']} cores (load average before/after "
+        f"{run['load_before'][0]} / {run['load_after'][0]}).",
         "",
         "| variant | seconds | / sequential | token slots computed |",
         "|---|---|---|---|",

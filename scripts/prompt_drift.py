@@ -19,14 +19,14 @@ from softprompt.evaluation.neighbors import nearest_tokens
 from softprompt.training.initializers import init_prompt
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("file")
     parser.add_argument("--model", default=None, help="default: the prompt's base model")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--allow-other-model", action="store_true",
                         help="use a --model whose weights differ from the prompt's model (a warning, not an error)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     pf = load_prompt(args.file)
     backbone = load_backbone(args.model or pf.meta.base_model)

@@ -1,4 +1,5 @@
-"""Helpers shared by the server tests: tiny backbones, prompt files, offline predictions."""
+"""Helpers shared by the server tests: prompt files, offline predictions, live servers (tiny backbones come from
+tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -15,22 +16,16 @@ import httpx
 import torch
 from safetensors.torch import save_file
 
-from softprompt.core.backbone import Backbone, make_backbone
+from softprompt.core.backbone import Backbone
 from softprompt.core.bank import PromptBank
 from softprompt.core.prompted import PromptedModel
 from softprompt.core.promptfile import PromptMeta, save_prompt
-from softprompt.core.tiny import tiny_model
 from softprompt.evaluation.scoring import score_choices
 from softprompt.tasks import Example
 
 VERBALIZER = {"neg": " no", "pos": " yes", "mid": " maybe"}
 TEXTS = ["hello there", "a much longer input text, with commas", "x", "the film was fine", "", "ok?",
          "unicode: é ß 漢字", "{text} {0} braces stay literal"]
-
-
-def tiny(family: str = "llama", seed: int = 0) -> Backbone:
-    model, tokenizer = tiny_model(family, seed)
-    return make_backbone(model, tokenizer, f"tiny-{family}")
 
 
 def write_prompt(backbone: Backbone, path: Path, length: int, seed: int, *, task: str = "",
@@ -76,7 +71,7 @@ def make_prompt_dir(backbone: Backbone, root: Path) -> dict[str, list[torch.Tens
 
 def offline_scores(backbone: Backbone, prompt: torch.Tensor, inputs: list[str], words: tuple[str, ...]
                    ) -> torch.Tensor:
-    """[E, K] scores through the library's offline path (evaluate.score_choices over the splice)."""
+    """[E, K] scores through the library's offline path (evaluation.scoring.score_choices over the splice)."""
     pm = PromptedModel(backbone, PromptBank(prompt.unsqueeze(0)))
     return score_choices(pm, [Example(t, words[0], words) for t in inputs])[0]
 

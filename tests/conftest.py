@@ -1,4 +1,9 @@
-"""Shared fixtures: tiny random models built from config objects, never a hub."""
+"""Shared fixtures: tiny random models built from config objects, never a hub.
+
+One tiny backbone per family (llama, gpt2, t5, gemma3, qwen2): :func:`tiny_backbone` builds it, the ``backbone``
+fixture gives each family in turn, ``tiny_dirs[family]`` is its model folder on disk (the same weights, for the CLI
+and the server). The one toy task is tests/toytask.py.
+"""
 
 from __future__ import annotations
 
@@ -12,16 +17,14 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ["SOFTPROMPT_NO_INSTALL"] = "1"  # a test never downloads a model (the install tests unset it)
 
-from softprompt.core.backbone import Backbone, make_backbone
-from softprompt.core.tiny import FAMILIES, save_tiny, tiny_model
+from softprompt.core.backbone import Backbone
+from softprompt.core.tiny import FAMILIES, save_tiny, tiny_backbone
 
 # The real data sets live beside the repository (see README); tests that need them skip when it is absent.
 DATA_DIR = Path(os.environ.get("SOFTPROMPT_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 
-def tiny_backbone(family: str, seed: int = 0) -> Backbone:
-    model, tokenizer = tiny_model(family, seed)
-    return make_backbone(model, tokenizer, f"tiny-{family}")
+__all__ = ["DATA_DIR", "FAMILIES", "tiny_backbone"]
 
 
 @pytest.fixture(params=FAMILIES)
@@ -31,11 +34,24 @@ def backbone(request: pytest.FixtureRequest) -> Backbone:
     return tiny_backbone(request.param)
 
 
+class TinyDirs(dict):
+    """family → the folder of ``tiny_backbone(family)``'s weights, written when first asked for."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__()
+        self.root = root
+
+    def __missing__(self, family: str) -> Path:
+        if family not in FAMILIES:
+            raise KeyError(f"no tiny family {family!r}; families: {FAMILIES}")
+        self[family] = save_tiny(family, self.root / family)
+        return self[family]
+
+
 @pytest.fixture(scope="session")
 def tiny_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Tiny model folders on disk (for the CLI and the server): family → folder."""
-    root = tmp_path_factory.mktemp("tiny-models")
-    return {f: save_tiny(f, root / f) for f in ("llama", "gpt2", "t5")}
+    """Tiny model folders on disk (for the CLI and the server): family → folder, for every family."""
+    return TinyDirs(tmp_path_factory.mktemp("tiny-models"))
 
 
 @pytest.fixture(scope="session")

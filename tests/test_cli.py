@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from softprompt.cli import main
+from tests.toytask import toy_rows, write_jsonl
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -20,11 +21,9 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
 
 @pytest.fixture
 def toy(tmp_path: Path) -> Path:
-    rows = [{"text": f"item {i} {'good' if i % 2 else 'bad'}", "label": i % 2} for i in range(28)]
-    path = tmp_path / "toy.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows[:16]))
-    (tmp_path / "toy_dev.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[16:]))
-    return path
+    """The toy task's rows as a user's data file (toy.jsonl, task "toy"), its validation rows in toy_dev.jsonl."""
+    write_jsonl(tmp_path / "toy_dev.jsonl", toy_rows(12, start=16))
+    return write_jsonl(tmp_path / "toy.jsonl", toy_rows(16))
 
 
 def test_train_eval_predict_inspect(tmp_path: Path, toy: Path, tiny_dirs: dict[str, Path], capsys) -> None:
@@ -46,7 +45,7 @@ def test_train_eval_predict_inspect(tmp_path: Path, toy: Path, tiny_dirs: dict[s
     assert code == 0 and json.loads(stdout.strip().splitlines()[-1])["method"] == "prompt-design"
 
     code, stdout, _ = run(capsys, "predict", "--model", model, "--prompt", str(out), "--raw", "--json",
-                          "item 3 good ->", "item 4 bad ->")
+                          "good movie 3 ->", "bad movie 4 ->")
     preds = json.loads(stdout.strip().splitlines()[-1])["predictions"]
     assert code == 0 and [p["label"] in ("0", "1") for p in preds] == [True, True]
     assert set(preds[0]["scores"]) == {"0", "1"}
@@ -78,7 +77,7 @@ def test_prompt_of_other_weights_needs_allow_other_model(command: str, tmp_path:
     task = ["--task", str(toy), "--template", "{text} ->", "--verbalizer", json.dumps(verbalizer), "--validation-file",
             str(toy)]
     argv = {"eval": ["eval", "--model", other, *task, "--prompt", prompt, "--limit", "4", "--json"],
-            "predict": ["predict", "--model", other, "--prompt", prompt, "--raw", "--json", "item 1 good ->"],
+            "predict": ["predict", "--model", other, "--prompt", prompt, "--raw", "--json", "good movie 1 ->"],
             "ensemble": ["ensemble", "--model", other, *task, "--prompt", prompt, "--limit", "4", "--json"],
             "inspect": ["inspect", prompt, "--neighbors", "2", "--model", other, "--json"],
             "train": ["train", "--model", other, *task, "--init", f"from:{prompt}", "--out",

@@ -15,7 +15,8 @@ import torch
 from softprompt.core.promptfile import check_compatible, load_prompt
 from softprompt.training.distributed import DistContext
 from softprompt.training.prompt_tuning import initial_prompt, train_prompt
-from tests.dist_worker import ToyTask, config, toy_backbone, toy_examples
+from tests.conftest import tiny_backbone
+from tests.toytask import ToyTask, toy_examples, train_config
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -29,7 +30,8 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def two_process_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("dp")
-    env = {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), str(SRC.parent), os.environ.get("PYTHONPATH", "")]),
+           "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
            "--master_port", str(free_port()), str(Path(__file__).parent / "dist_worker.py"), str(out)]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
@@ -38,7 +40,7 @@ def two_process_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def single_process(tmp_path: Path, steps: int, grad_accum: int = 1) -> torch.Tensor:
-    result = train_prompt(toy_backbone(), ToyTask(), toy_examples(), config(steps, grad_accum),
+    result = train_prompt(tiny_backbone("llama"), ToyTask(), toy_examples(), train_config(steps, grad_accum),
                           tmp_path / f"single{steps}-{grad_accum}.safetensors", progress=False)
     return result.prompt
 
@@ -48,7 +50,7 @@ def test_two_processes_match_one_process_with_resume(two_process_run: Path, tmp_
     dp = load_prompt(two_process_run / "dp.safetensors").prompt
     torch.testing.assert_close(dp, reference, rtol=1e-4, atol=1e-5)
     # The prompt must have moved from its init, or the comparison proves nothing.
-    start = initial_prompt(toy_backbone(), ToyTask(), config(4))
+    start = initial_prompt(tiny_backbone("llama"), ToyTask(), train_config(4))
     assert float((dp - start).abs().max()) > 1e-2
 
 
@@ -63,7 +65,7 @@ def test_fsdp_sharded_backbone_matches(two_process_run: Path, tmp_path: Path) ->
     pf = load_prompt(two_process_run / "fsdp.safetensors")
     torch.testing.assert_close(pf.prompt, reference, rtol=1e-4, atol=1e-5)
     # Fingerprinted from sharded blocks, the file still names the unsharded model: it loads onto a plain one.
-    check_compatible(pf, toy_backbone())
+    check_compatible(pf, tiny_backbone("llama"))
 
 
 def test_only_rank0_writes(two_process_run: Path) -> None:

@@ -18,6 +18,7 @@ from softprompt.evaluation.ensemble import Ensemble, majority_vote, mean_probabi
 from softprompt.evaluation.scoring import score_choices, single_token_choices
 from softprompt.tasks import Example, FileTask, FileTaskSpec, get_task
 from tests.conftest import tiny_backbone
+from tests.toytask import TEMPLATE, VERBALIZER, toy_rows, write_jsonl
 
 LOG = math.log
 
@@ -136,12 +137,10 @@ def test_incompatible_prompt_file_is_refused(tmp_path: Path) -> None:
 
 def test_cli_train_seeds_then_ensemble(tiny_dirs: dict[str, Path], tmp_path: Path,
                                        capsys: pytest.CaptureFixture[str]) -> None:
-    data = tmp_path / "sent.jsonl"
-    rows = [{"text": t, "label": i % 2} for i, t in enumerate(["good", "bad", "fine", "awful", "nice", "poor"])]
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    (tmp_path / "dev.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[::-1]))
-    task = ["--task", str(data), "--template", "Review: {text}\nSentiment:",
-            "--verbalizer", '{"0": " no", "1": " yes"}', "--validation-file", str(tmp_path / "dev.jsonl")]
+    data = write_jsonl(tmp_path / "sent.jsonl", toy_rows(6))
+    write_jsonl(tmp_path / "dev.jsonl", toy_rows(6)[::-1])
+    task = ["--task", str(data), "--template", TEMPLATE, "--verbalizer", json.dumps(VERBALIZER),
+            "--validation-file", str(tmp_path / "dev.jsonl")]
     model = ["--model", str(tiny_dirs["llama"]), "--threads", "1"]
     out = tmp_path / "p.safetensors"
     assert main(["train", *model, *task, "--out", str(out), "--seeds", "1,2,3", "--steps", "2", "--batch-size", "2",

@@ -289,8 +289,10 @@ def test_results_page_marks_scores_selected_on_the_split_they_report() -> None:
 def test_provenance_names_the_code_revision() -> None:
     from softprompt.experiments.provenance import provenance
 
-    record = provenance()
+    record = provenance("peft", "no-such-package")
     assert {"versions", "machine", "load_average", "git"} <= set(record)
+    assert record["versions"]["peft"][0].isdigit() and record["versions"]["no-such-package"] == "not installed"
+    assert {"platform", "cpu", "logical_cpus", "threads"} <= set(record["machine"])
     if (Path(__file__).resolve().parents[1] / ".git").exists():  # a checkout (CI clones one): the commit is known
         assert len(record["git"]["commit"]) == 40 and isinstance(record["git"]["dirty"], bool)
 

@@ -90,3 +90,13 @@ def test_without_a_validation_file_there_is_no_validation_split(tmp_path: Path) 
     task = get_task(str(train), validation=str(dev), **options)
     assert [e.input for e in task.examples("validation")] == ["d"]
     assert selection_split(task).info == cut.info
+
+
+def test_the_toy_task_in_memory_is_the_toy_task_on_disk(tmp_path: Path) -> None:
+    """tests/toytask.py: the files and the in-memory task give the same examples and labels."""
+    from tests.toytask import INSTRUCTION, ToyTask, toy_examples, toy_task
+
+    task = toy_task(tmp_path / "toy", 8, validation=4)
+    assert task.examples("train") == toy_examples(8) == ToyTask().read(tmp_path)[:8]
+    assert task.verbalizer == ToyTask.verbalizer and task.instruction == INSTRUCTION and task.name == "toy"
+    assert len(task.examples("validation")) == 4

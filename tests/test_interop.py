@@ -12,12 +12,13 @@ import torch
 from safetensors.torch import save_file
 
 from softprompt.cli import main
-from softprompt.core.backbone import Backbone, load_backbone, make_backbone
+from softprompt.core.backbone import Backbone, load_backbone
 from softprompt.core.bank import PromptBank
 from softprompt.core.peft_interop import PEFT_CONFIG, PEFT_KEY, PEFT_WEIGHTS, export_peft, read_peft
 from softprompt.core.prompted import PromptedModel
 from softprompt.core.promptfile import PromptFile, PromptMeta, load_prompt, save_prompt
 from softprompt.core.tiny import tiny_model
+from tests.conftest import tiny_backbone
 
 peft = pytest.importorskip("peft")
 P = 5
@@ -49,8 +50,7 @@ def row(bb: Backbone) -> tuple[torch.Tensor, torch.Tensor | None]:
 
 @pytest.mark.parametrize("family", ["llama", "gemma3", "t5"])
 def test_exported_prompt_gives_softprompt_logits_in_peft(family: str, tmp_path: Path) -> None:
-    model, tokenizer = tiny_model(family, seed=0)
-    bb = make_backbone(model, tokenizer, f"tiny-{family}")
+    bb = tiny_backbone(family)
     # A prompt at the scale of the consumed embeddings (Gemma's are sqrt(H)-scaled inside its embedding module).
     prompt = torch.randn(P, bb.hidden_size) * bb.embedding_std()
     pf = PromptFile(prompt, PromptMeta.for_backbone(bb, P))

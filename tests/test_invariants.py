@@ -114,3 +114,25 @@ def test_prompt_gradient_is_bit_identical_run_to_run_on_two_threads() -> None:
         assert all(torch.equal(x, grads[0]) for x in grads)
     finally:
         torch.set_num_threads(before)
+
+
+def test_length_chunks_cover_every_row_once_in_length_order() -> None:
+    """The one row layout of the ensemble (longest first) and the server (shortest first, padding cut)."""
+    import random
+
+    from softprompt.core.tokenize import length_chunks
+
+    rng = random.Random(0)
+    lengths = [rng.randint(1, 40) for _ in range(57)]
+    for longest_first, slack in ((True, None), (False, None), (False, 1.5), (True, 1.5)):
+        chunks = length_chunks(lengths, 8, longest_first=longest_first, pad_slack=slack)
+        flat = [i for c in chunks for i in c]
+        assert sorted(flat) == list(range(len(lengths))) and all(1 <= len(c) <= 8 for c in chunks)
+        # In length order, rows of equal length in their given order.
+        assert flat == sorted(range(len(lengths)), key=lambda i: -lengths[i] if longest_first else lengths[i])
+        if slack is None:
+            assert [len(c) for c in chunks[:-1]] == [8] * (len(chunks) - 1)
+        else:  # no chunk of several rows pads past slack × its real tokens
+            assert all(len(c) == 1 or len(c) * max(lengths[i] for i in c) <= slack * sum(lengths[i] for i in c)
+                       for c in chunks)
+    assert length_chunks([], 4) == []

@@ -8,15 +8,13 @@ import os
 from pathlib import Path
 
 from softprompt.server import Engine, create_app
-from tests._serving import (
-    tiny,
-)
+from tests.conftest import tiny_backbone
 
 SNAPSHOT = Path(__file__).resolve().parents[1] / "docs" / "openapi.json"
 
 
 def test_openapi_matches_snapshot() -> None:
-    spec = create_app(Engine(tiny("llama"))).openapi()
+    spec = create_app(Engine(tiny_backbone("llama"))).openapi()
     text = json.dumps(spec, indent=2, sort_keys=True) + "\n"
     if os.environ.get("SOFTPROMPT_UPDATE_OPENAPI"):
         SNAPSHOT.write_text(text)

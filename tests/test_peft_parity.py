@@ -15,16 +15,17 @@ from softprompt.core.tiny import tiny_model
 from softprompt.core.tokenize import make_batch
 from softprompt.training.loop import batch_indices, make_optimizer
 from softprompt.training.prompt_tuning import initial_prompt, train_prompt
-from tests.dist_worker import ToyTask, config, toy_backbone, toy_examples
+from tests.conftest import tiny_backbone
+from tests.toytask import ToyTask, toy_examples, train_config
 
 peft = pytest.importorskip("peft")
 
 
 def test_one_step_matches_peft(tmp_path: Path) -> None:
-    cfg = config(1)  # Adam, lr 0.05, 8 rows of mixed lengths (right-padded), targets of 3 and 4 tokens
+    cfg = train_config(1)  # Adam, lr 0.05, 8 rows of mixed lengths (right-padded), targets of 3 and 4 tokens
     task, examples = ToyTask(), toy_examples()
-    start = initial_prompt(toy_backbone(), task, cfg)
-    ours = train_prompt(toy_backbone(), task, examples, cfg, tmp_path / "ours.safetensors", progress=False)
+    start = initial_prompt(tiny_backbone("llama"), task, cfg)
+    ours = train_prompt(tiny_backbone("llama"), task, examples, cfg, tmp_path / "ours.safetensors", progress=False)
     our_loss = json.loads((tmp_path / "ours.metrics.jsonl").read_text().splitlines()[0])["loss"]
 
     model, tokenizer = tiny_model("llama", seed=0)
@@ -42,7 +43,7 @@ def test_one_step_matches_peft(tmp_path: Path) -> None:
     loss = pmodel(input_ids=batch.input_ids, attention_mask=batch.attention_mask, labels=batch.labels).loss
     loss.backward()
     # Adam's first step is ~lr·sign(grad), which hides gradient magnitudes: compare the gradients themselves too.
-    pm = PromptedModel(toy_backbone(), PromptBank(start.unsqueeze(0)))
+    pm = PromptedModel(tiny_backbone("llama"), PromptBank(start.unsqueeze(0)))
     pm.loss(batch, torch.zeros(len(rows), dtype=torch.long)).backward()
     torch.testing.assert_close(pm.bank.weight.grad[0], weight.grad, rtol=1e-4, atol=1e-7)
     optimizer.step()

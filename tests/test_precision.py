@@ -8,21 +8,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from softprompt.core.backbone import Backbone, make_backbone
+from softprompt.core.backbone import Backbone
 from softprompt.core.bank import PromptBank
 from softprompt.core.prompted import PromptedModel
-from softprompt.core.tiny import tiny_model
 from softprompt.core.tokenize import make_batch
 from softprompt.training.precision import enable_gradient_checkpointing, grad_scaler, resolve_precision
 from softprompt.training.prompt_tuning import initial_prompt, train_prompt
-from tests.dist_worker import ToyTask, config, toy_examples
+from tests.conftest import tiny_backbone
+from tests.toytask import ToyTask, toy_examples, train_config
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-
-
-def backbone(family: str = "llama", dtype: torch.dtype = torch.float32, device: str = "cpu") -> Backbone:
-    model, tokenizer = tiny_model(family, seed=0)
-    return make_backbone(model.to(dtype), tokenizer, f"tiny-{family}", device=device)
 
 
 def loss_and_grad(bb: Backbone, prompt: torch.Tensor) -> tuple[PromptedModel, float, torch.Tensor]:
@@ -38,8 +33,8 @@ def loss_and_grad(bb: Backbone, prompt: torch.Tensor) -> tuple[PromptedModel, fl
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_half_backbone_keeps_an_fp32_prompt_and_fp32_grads(dtype: torch.dtype) -> None:
     prompt = torch.randn(4, 32) * 0.02
-    _, loss32, grad32 = loss_and_grad(backbone(), prompt)
-    pm, loss16, grad16 = loss_and_grad(backbone(dtype=dtype), prompt)
+    _, loss32, grad32 = loss_and_grad(tiny_backbone(), prompt)
+    pm, loss16, grad16 = loss_and_grad(tiny_backbone(dtype=dtype), prompt)
     assert next(pm.model.parameters()).dtype == dtype
     assert pm.bank.weight.dtype == torch.float32 and grad16.dtype == torch.float32
     assert loss16 == pytest.approx(loss32, rel=2e-2)
@@ -50,11 +45,11 @@ def test_half_backbone_keeps_an_fp32_prompt_and_fp32_grads(dtype: torch.dtype) -
 def test_bf16_training_tracks_fp32(tmp_path: Path) -> None:
     runs = {}
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
-        result = train_prompt(backbone(dtype=dtype), ToyTask(), toy_examples(), config(3),
+        result = train_prompt(tiny_backbone(dtype=dtype), ToyTask(), toy_examples(), train_config(3),
                               tmp_path / f"{name}.safetensors", progress=False)
         runs[name] = result.prompt
     assert runs["bf16"].dtype == torch.float32
-    start = initial_prompt(backbone(), ToyTask(), config(3))
+    start = initial_prompt(tiny_backbone(), ToyTask(), train_config(3))
     step32, step16 = (runs["fp32"] - start).flatten(), (runs["bf16"] - start).flatten()
     # Compare whole updates, not single elements: Adam moves an element whose gradient is near zero by ±lr
     # whatever its sign, so one element can flip under bf16 rounding while the trajectory is the same.
@@ -64,9 +59,9 @@ def test_bf16_training_tracks_fp32(tmp_path: Path) -> None:
 
 
 def test_fp16_trains_with_a_loss_scaler(tmp_path: Path) -> None:
-    bb = backbone(dtype=torch.float16)
-    assert grad_scaler(bb.model) is not None and grad_scaler(backbone().model) is None
-    result = train_prompt(bb, ToyTask(), toy_examples(), config(2), tmp_path / "fp16.safetensors", progress=False)
+    bb = tiny_backbone(dtype=torch.float16)
+    assert grad_scaler(bb.model) is not None and grad_scaler(tiny_backbone().model) is None
+    result = train_prompt(bb, ToyTask(), toy_examples(), train_config(2), tmp_path / "fp16.safetensors", progress=False)
     assert result.prompt.dtype == torch.float32 and bool(torch.isfinite(result.prompt).all())
 
 
@@ -74,8 +69,8 @@ def test_fp16_trains_with_a_loss_scaler(tmp_path: Path) -> None:
 def test_gradient_checkpointing_changes_nothing_but_memory(family: str) -> None:
     torch.manual_seed(0)
     prompt = torch.randn(4, 32) * 0.02
-    _, loss_a, grad_a = loss_and_grad(backbone(family), prompt)
-    bb = backbone(family)
+    _, loss_a, grad_a = loss_and_grad(tiny_backbone(family), prompt)
+    bb = tiny_backbone(family)
     blocks = enable_gradient_checkpointing(bb.model)
     assert blocks >= 2
     # Only the blocks' own flags are set: dropout and attention inside stay in eval mode.
@@ -87,7 +82,7 @@ def test_gradient_checkpointing_changes_nothing_but_memory(family: str) -> None:
 
 def test_gradient_checkpointing_recomputes_blocks() -> None:
     """Checkpointed blocks run their forward twice per step (once more in backward)."""
-    bb = backbone("llama")
+    bb = tiny_backbone("llama")
     enable_gradient_checkpointing(bb.model)
     calls = []
     for layer in bb.model.model.layers:
@@ -117,10 +112,8 @@ def saved_activation_bytes(bb: Backbone) -> int:
 
 
 def test_gradient_checkpointing_saves_fewer_activations() -> None:
-    model, tokenizer = tiny_model("llama", seed=0, layers=6)
-    plain = saved_activation_bytes(make_backbone(model, tokenizer, "tiny"))
-    model, tokenizer = tiny_model("llama", seed=0, layers=6)
-    bb = make_backbone(model, tokenizer, "tiny")
+    plain = saved_activation_bytes(tiny_backbone("llama", layers=6))
+    bb = tiny_backbone("llama", layers=6)
     enable_gradient_checkpointing(bb.model)
     # Without: every block's internals; with: each block's input only (internals are rebuilt in backward).
     assert saved_activation_bytes(bb) < 0.3 * plain
@@ -128,8 +121,8 @@ def test_gradient_checkpointing_saves_fewer_activations() -> None:
 
 def test_gradient_checkpointing_keeps_generation_intact() -> None:
     prompt = torch.randn(4, 32) * 0.5
-    plain = PromptedModel(backbone("llama"), PromptBank(prompt.unsqueeze(0)))
-    bb = backbone("llama")
+    plain = PromptedModel(tiny_backbone("llama"), PromptBank(prompt.unsqueeze(0)))
+    bb = tiny_backbone("llama")
     enable_gradient_checkpointing(bb.model)
     ckpt = PromptedModel(bb, PromptBank(prompt.unsqueeze(0)))
     index = torch.zeros(2, dtype=torch.long)
@@ -138,7 +131,7 @@ def test_gradient_checkpointing_keeps_generation_intact() -> None:
 
 
 def test_sdpa_is_the_default_attention() -> None:
-    assert backbone("llama").model.config._attn_implementation == "sdpa"
+    assert tiny_backbone("llama").model.config._attn_implementation == "sdpa"
 
 
 def test_precision_resolution(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -158,10 +151,10 @@ def test_precision_resolution(monkeypatch: pytest.MonkeyPatch) -> None:
 @cuda
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_gpu_half_precision_training(dtype: torch.dtype, tmp_path: Path) -> None:
-    bb = backbone(dtype=dtype, device="cuda")
+    bb = tiny_backbone(dtype=dtype, device="cuda")
     enable_gradient_checkpointing(bb.model)
-    result = train_prompt(bb, ToyTask(), toy_examples(), config(3), tmp_path / "gpu.safetensors", progress=False)
-    reference = train_prompt(backbone(), ToyTask(), toy_examples(), config(3), tmp_path / "cpu.safetensors",
+    result = train_prompt(bb, ToyTask(), toy_examples(), train_config(3), tmp_path / "gpu.safetensors", progress=False)
+    reference = train_prompt(tiny_backbone(), ToyTask(), toy_examples(), train_config(3), tmp_path / "cpu.safetensors",
                              progress=False)
     assert result.prompt.dtype == torch.float32
     assert float((result.prompt - reference.prompt).abs().max()) < 0.05
@@ -171,7 +164,7 @@ def test_gpu_half_precision_training(dtype: torch.dtype, tmp_path: Path) -> None
 @cuda
 def test_gpu_bf16_loss_close_to_fp32() -> None:
     prompt = torch.randn(4, 32) * 0.02
-    _, loss32, _ = loss_and_grad(backbone(device="cuda"), prompt)
-    _, loss16, grad = loss_and_grad(backbone(dtype=torch.bfloat16, device="cuda"), prompt)
+    _, loss32, _ = loss_and_grad(tiny_backbone(device="cuda"), prompt)
+    _, loss16, grad = loss_and_grad(tiny_backbone(dtype=torch.bfloat16, device="cuda"), prompt)
     assert grad.dtype == torch.float32 and grad.device.type == "cuda"
     assert loss16 == pytest.approx(loss32, rel=2e-2)

@@ -23,7 +23,7 @@ from softprompt.evaluation.scoring import score_choices
 from softprompt.server import Engine, create_app
 from softprompt.server.engine import Job
 from softprompt.tasks import Example
-from tests._serving import tiny
+from tests.conftest import tiny_backbone
 
 CACHED = ("llama", "qwen2", "gpt2")
 LENGTHS = (5, 3, 0, 7)  # prompt lengths of the bank: mixed, one empty
@@ -135,7 +135,7 @@ def test_greedy_is_transformers_greedy_on_a_plain_config(family: str) -> None:
     """With nothing in the model's generation config, the one greedy loop equals transformers' greedy search."""
     from transformers import GenerationConfig
 
-    backbone = tiny(family)
+    backbone = tiny_backbone(family)
     plain = PromptedModel(backbone, PromptBank.from_prompts(prompts_for(backbone)), prefix_cache=False)
     texts = ["hello there", "x", "a longer input, with commas"]
     index = torch.tensor([0, 3, 1])
@@ -296,7 +296,7 @@ def test_replaced_task_answers_from_the_prompt_it_resolved() -> None:
 
 @pytest.mark.parametrize("family", ["t5", "gemma3"])
 def test_other_families_run_uncached(family: str) -> None:
-    backbone = tiny(family)
+    backbone = tiny_backbone(family)
     assert not supports_prefix_cache(backbone)
     assert PromptedModel(backbone, PromptBank(torch.zeros(1, 2, backbone.hidden_size))).prefix_cache is None
     assert not Engine(backbone).prefix_cache
@@ -310,4 +310,4 @@ def test_sliding_window_configs_run_uncached() -> None:
     config.layer_types = ["sliding_attention"] * config.num_hidden_layers
     backbone = make_backbone(AutoModelForCausalLM.from_config(config), byte_tokenizer(), "tiny-qwen2-sliding")
     assert not supports_prefix_cache(backbone)
-    assert supports_prefix_cache(tiny("qwen2"))
+    assert supports_prefix_cache(tiny_backbone("qwen2"))

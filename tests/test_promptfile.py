@@ -48,11 +48,7 @@ def test_other_model_is_refused(saved) -> None:
     with pytest.raises(PromptFileError, match="different model"):
         check_compatible(load_prompt(path), tiny_backbone("llama", seed=1))
     with pytest.raises(PromptFileError, match="hidden size"):
-        from softprompt.core.backbone import make_backbone
-        from softprompt.core.tiny import tiny_model
-
-        model, tok = tiny_model("llama", hidden=16)
-        check_compatible(load_prompt(path), make_backbone(model, tok, "small"))
+        check_compatible(load_prompt(path), tiny_backbone("llama", hidden=16))
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2", "t5"])
@@ -193,11 +189,8 @@ def test_override_accepts_other_weights_with_one_warning_but_never_another_hidde
     err = capsys.readouterr().err
     assert message is not None and "p.safetensors" in message
     assert err.count("\n") == 1 and err.startswith("softprompt: warning: p.safetensors: trained on a different")
-    from softprompt.core.tiny import tiny_model
-
-    model, tok = tiny_model("llama", hidden=16)
     with pytest.raises(PromptFileError, match="hidden size"):
-        check_compatible(pf, make_backbone(model, tok, "small"), allow_other_model=True)
+        check_compatible(pf, tiny_backbone("llama", hidden=16), allow_other_model=True)
 
 
 # ---- version-1 files ----------------------------------------------------------------------------------------------
@@ -336,3 +329,29 @@ def test_malformed_metadata_is_refused_on_save_too(tmp_path: Path) -> None:
     with pytest.raises(PromptFileError, match="'verbalizer'"):
         save_prompt(tmp_path / "p.safetensors", torch.zeros(2, bb.hidden_size), meta)
     assert not (tmp_path / "p.safetensors").exists()
+
+
+def test_prompt_format_prefers_the_prompts_own_record_then_the_task() -> None:
+    """core/templates.prompt_format: the one lookup the server and `softprompt predict` use."""
+    from softprompt.core.templates import prompt_format
+    from softprompt.tasks import builtin_task
+
+    base = {"base_model": "m", "model_type": "llama", "hidden_size": 4, "prompt_length": 1}
+    sst2 = builtin_task("sst2")
+    assert builtin_task("no-such-task") is None and builtin_task("/etc/passwd") is None
+    own = PromptMeta(**base, task="sst2", template="Q: {question}", instruction="Answer.\n", verbalizer={"a": " A"})
+    fmt = prompt_format(own, sst2, "p")
+    assert (fmt.template, fmt.instruction, fmt.verbalizer) == ("Q: {question}", "Answer.\n", {"a": " A"})
+    assert fmt.fill("why {0}?") == "Answer.\nQ: why {0}?"
+    # --task: the task's template over the recorded one, the prompt's instruction and labels kept.
+    assert prompt_format(own, sst2, "p", task_template=True).template == sst2.text_template
+    # --raw: the text as is, the labels still the prompt's.
+    raw = prompt_format(own, sst2, "p", raw=True)
+    assert (raw.fill("x"), raw.verbalizer) == ("x", {"a": " A"})
+    # A version-1 file records nothing: the built-in task's format and labels, else the bare text, no labels.
+    bare = PromptMeta(**base, task="sst2")
+    assert prompt_format(bare, sst2, "p") == prompt_format(bare, sst2, "p", task_template=True)
+    assert prompt_format(bare, sst2, "p").verbalizer == dict(sst2.verbalizer)
+    assert prompt_format(bare, None, "p").fill("x") == "x" and prompt_format(bare, None, "p").verbalizer == {}
+    with pytest.raises(PromptFileError, match="plainly"):
+        prompt_format(PromptMeta(**base, template="{text.__class__}"), None, "p")

@@ -9,18 +9,17 @@ import pytest
 
 from softprompt.cli import main
 from softprompt.core.promptfile import load_prompt
+from tests.toytask import TEMPLATE, VERBALIZER, toy_rows, write_jsonl
 
 
 @pytest.fixture
 def data_file(tmp_path: Path) -> Path:
-    path = tmp_path / "parity.jsonl"
-    path.write_text("".join(json.dumps({"text": f"number {i}", "label": i % 2}) + "\n" for i in range(16)))
-    return path
+    return write_jsonl(tmp_path / "toy.jsonl", toy_rows(16))
 
 
 def train_args(model: Path, data: Path, out: Path, *extra: str) -> list[str]:
-    return ["train", "--model", str(model), "--task", str(data), "--template", "{text}:", "--verbalizer",
-            '{"0": " even", "1": " odd"}', "--out", str(out), "--steps", "2", "--batch-size", "4",
+    return ["train", "--model", str(model), "--task", str(data), "--template", TEMPLATE, "--verbalizer",
+            json.dumps(VERBALIZER), "--out", str(out), "--steps", "2", "--batch-size", "4",
             "--prompt-length", "3", "--no-eval", "--no-progress", "--json", *extra]
 
 

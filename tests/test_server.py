@@ -34,9 +34,10 @@ from tests._serving import (
     make_prompt_dir,
     offline_scores,
     prompt_bytes,
-    tiny,
     write_prompt,
 )
+from tests.conftest import tiny_backbone
+from tests.toytask import toy_rows, write_jsonl
 
 TOKEN = "test-admin-token"
 WORDS = tuple(VERBALIZER.values())
@@ -44,7 +45,7 @@ WORDS = tuple(VERBALIZER.values())
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    backbone = tiny("llama")
+    backbone = tiny_backbone("llama")
     root = tmp_path_factory.mktemp("prompts")
     prompts = make_prompt_dir(backbone, root)
     return backbone, root, prompts
@@ -201,15 +202,10 @@ def nan_prompt(backbone, path: Path) -> bytes:  # type: ignore[no-untyped-def]
 
 
 def test_bad_uploads_are_4xx_and_server_keeps_serving(client: TestClient, tmp_path: Path) -> None:
-    other = tiny("qwen2")  # same hidden size, other weights: the fingerprint must refuse it
+    other = tiny_backbone("qwen2")  # same hidden size, other weights: the fingerprint must refuse it
     write_prompt(other, tmp_path / "other.safetensors", 3, 1)
-    small = tiny("llama")
-    from softprompt.core.tiny import tiny_model
-
-    m16, tok = tiny_model("llama", hidden=16)
-    from softprompt.core.backbone import make_backbone
-
-    write_prompt(make_backbone(m16, tok, "tiny-16"), tmp_path / "h16.safetensors", 3, 1)
+    small = tiny_backbone("llama")
+    write_prompt(tiny_backbone("llama", hidden=16), tmp_path / "h16.safetensors", 3, 1)
     save_file({"weight": torch.zeros(2, 2)}, str(tmp_path / "plain.safetensors"))
     cases = {
         "other": ((tmp_path / "other.safetensors").read_bytes(), 422, "different model"),
@@ -316,8 +312,8 @@ def test_allow_other_model_serves_other_weights_with_a_warning(tmp_path: Path, c
     from softprompt.cli import build_parser
     from softprompt.core.promptfile import PromptFileError
 
-    write_prompt(tiny("llama", seed=0), tmp_path / "p" / "a.safetensors", 3, 1)
-    other = tiny("llama", seed=1)  # same shapes, other weights
+    write_prompt(tiny_backbone("llama", seed=0), tmp_path / "p" / "a.safetensors", 3, 1)
+    other = tiny_backbone("llama", seed=1)  # same shapes, other weights
     with pytest.raises(PromptFileError, match="--allow-other-model"):
         Engine(other).load_dir(tmp_path / "p")
     engine = Engine(other, allow_other_model=True)
@@ -331,7 +327,7 @@ def test_allow_other_model_serves_other_weights_with_a_warning(tmp_path: Path, c
 
 
 def test_t5_served_through_the_splice(tmp_path: Path) -> None:
-    backbone = tiny("t5")
+    backbone = tiny_backbone("t5")
     prompt = write_prompt(backbone, tmp_path / "t.safetensors", 3, 1)
     engine = Engine(backbone)
     engine.load_dir(tmp_path)
@@ -346,7 +342,7 @@ def test_t5_served_through_the_splice(tmp_path: Path) -> None:
 
 def test_serve_command_end_to_end(tiny_dirs, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """`softprompt serve` as a user runs it: a subprocess on 127.0.0.1, driven by the Python client."""
-    backbone = tiny("llama")  # the same weights as the saved tiny llama folder (same seed)
+    backbone = tiny_backbone("llama")  # the same weights as the saved tiny llama folder (same seed)
     prompt = write_prompt(backbone, tmp_path / "prompts" / "t.safetensors", 3, 5)
     write_prompt(backbone, tmp_path / "u.safetensors", 2, 6)
     server = ServeProcess(tiny_dirs["llama"], tmp_path / "prompts", "--admin-token", TOKEN)
@@ -423,13 +419,6 @@ def with_format(pf: PromptFile, template: str = "", instruction: str = "") -> Pr
     return pf
 
 
-def toy_rows(n: int = 24) -> list[dict]:
-    """Does the review contain an 'x'? (as tests/test_trainer.py's toy task, with its own field name)"""
-    words = ["ab", "cd", "xy", "ex", "mo", "ox", "pq", "xz"]
-    return [{"review": words[i % 8] + words[(i * 3) % 8], "label": int("x" in words[i % 8] + words[(i * 3) % 8])}
-            for i in range(n)]
-
-
 def test_prompt_template_and_instruction_format_inputs(served, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     backbone, _, _ = served
     write_prompt(backbone, tmp_path / "p.safetensors", 3, 7, task="sst2", verbalizer={})
@@ -452,12 +441,11 @@ def test_trained_file_task_answers_as_softprompt_eval(tiny_dirs, tmp_path: Path,
                                                       capsys: pytest.CaptureFixture) -> None:  # type: ignore[no-untyped-def]
     """A prompt trained on a data-file task with its own template: the server, given the raw review, builds the row
     training built, so its scores are `softprompt eval`'s."""
-    rows = toy_rows()
-    data = tmp_path / "toy.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    rows = toy_rows(field="review")  # a field of its own name: the template names it
+    data = write_jsonl(tmp_path / "toy.jsonl", rows)
     template, verbalizer = "Review: {review} =>", {"0": " no", "1": " yes"}
     task = FileTask(FileTaskSpec(train=str(data), template=template, verbalizer=verbalizer, name="toy"))
-    backbone = tiny("llama")  # the weights of tiny_dirs["llama"]
+    backbone = tiny_backbone("llama")  # the weights of tiny_dirs["llama"]
     config = TrainConfig(steps=8, batch_size=8, prompt_length=3, init="uniform", optimizer="adam", lr=0.3,
                          eval_every=0, save_every=100)
     out = tmp_path / "toy.safetensors"
@@ -530,8 +518,7 @@ def test_load_dir_skips_training_side_files(served, tmp_path: Path) -> None:  # 
 def test_softprompt_train_folder_is_servable(tiny_dirs, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """`softprompt train --out prompts/x.safetensors`, then `softprompt serve --prompts prompts/`, both as a user
     runs them."""
-    data = tmp_path / "toy.jsonl"
-    data.write_text("".join(json.dumps({"text": r["review"], "label": r["label"]}) + "\n" for r in toy_rows(8)))
+    data = write_jsonl(tmp_path / "toy.jsonl", toy_rows(8))
     out = tmp_path / "prompts" / "x.safetensors"
     assert main(["train", "--model", str(tiny_dirs["llama"]), "--threads", "1", "--task", str(data), "--template",
                  "{text} ->", "--verbalizer", '{"0": " no", "1": " yes"}', "--out", str(out), "--steps", "2",
@@ -545,7 +532,7 @@ def test_softprompt_train_folder_is_servable(tiny_dirs, tmp_path: Path) -> None:
         got = c.classify("x", TEXTS[:3])
     assert info["name"] == "x" and info["labels"] == ["0", "1"]
     formatted = [info["template"].replace("{text}", t) for t in TEXTS[:3]]
-    ref = offline_scores(tiny("llama"), load_prompt(out).prompt, formatted, (" no", " yes"))
+    ref = offline_scores(tiny_backbone("llama"), load_prompt(out).prompt, formatted, (" no", " yes"))
     assert [r["label"] for r in got] == [str(int(s.argmax())) for s in ref]
     skipped = next(line for line in server.output.splitlines() if "skipped" in line)
     assert all(name in skipped for name in side), (side, skipped)  # x.tb/ too, when TensorBoard is installed

@@ -21,9 +21,9 @@ from tests._serving import (
     LiveServer,
     make_prompt_dir,
     prompt_bytes,
-    tiny,
     write_prompt,
 )
+from tests.conftest import tiny_backbone
 
 TOKEN = "fuzz-admin-token"
 # Starlette answers 405 on /v1/prompts/{name} with the Allow methods of the first matching route only (PUT), though
@@ -33,7 +33,7 @@ EXCLUDED = [checks.allow_header_conformance]
 EXCLUDED_ADMIN = [*EXCLUDED, checks.positive_data_acceptance]
 
 
-BACKBONE = tiny("llama")
+BACKBONE = tiny_backbone("llama")
 
 
 def build_app():  # type: ignore[no-untyped-def]

@@ -25,9 +25,9 @@ from tests._serving import (
     LiveServer,
     make_prompt_dir,
     offline_scores,
-    tiny,
     write_prompt,
 )
+from tests.conftest import tiny_backbone
 
 CLIENTS = 32
 # Bounded for CI; a longer soak: SOFTPROMPT_LOAD_SECONDS=300 SOFTPROMPT_LOAD_REQUESTS=5000 pytest -s this file.
@@ -56,7 +56,7 @@ def expected_classes(backbone, prompts: dict) -> dict[tuple[str, str], tuple[str
 
 
 def test_load_with_hot_reload(tmp_path: Path) -> None:
-    backbone = tiny("llama")
+    backbone = tiny_backbone("llama")
     prompts = make_prompt_dir(backbone, tmp_path / "prompts")
     prompts["hot"] = [write_prompt(backbone, tmp_path / "hot.safetensors", 6, 77)]
     hot_body = (tmp_path / "hot.safetensors").read_bytes()
@@ -151,7 +151,7 @@ def test_answers_come_from_the_version_each_request_resolved(tmp_path: Path) -> 
     """Client threads classify task "v" (natively and through /v1/completions) while an admin thread replaces it
     with the other of two versions and deletes it, on 127.0.0.1: no request gets a 5xx, and every answer is
     wholly one version's (its labels, its scores), never a mix. Bounded to 6 s and 400 requests."""
-    backbone = tiny("llama")
+    backbone = tiny_backbone("llama")
     versions = []  # (body, text → scores, text → answer text)
     for i, labels in enumerate([("neg", "pos", "mid"), ("no", "yes", "maybe")]):  # label names tell them apart
         verbalizer = dict(zip(labels, VERBALIZER.values(), strict=True))

@@ -20,15 +20,15 @@ from tests._serving import (
     LiveServer,
     make_prompt_dir,
     offline_scores,
-    tiny,
 )
+from tests.conftest import tiny_backbone
 
 WORDS = tuple(VERBALIZER.values())
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    backbone = tiny("llama")
+    backbone = tiny_backbone("llama")
     root = tmp_path_factory.mktemp("prompts")
     prompts = make_prompt_dir(backbone, Path(root))
     engine = Engine(backbone)

@@ -14,25 +14,14 @@ import pytest
 import torch
 
 from softprompt.core.promptfile import load_prompt
-from softprompt.tasks import FileTask, FileTaskSpec
 from softprompt.tasks.selection import SELECTION_SEED, selection_split
 from softprompt.training.checkpoint import load_checkpoint
 from softprompt.training.loop import batch_indices
 from softprompt.training.prompt_tuning import TrainConfig, train_prompt
 from tests.conftest import tiny_backbone
+from tests.toytask import TEMPLATE, toy_rows, toy_task, write_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def toy_task(tmp_path: Path, n: int = 24) -> FileTask:
-    """A learnable toy task: does the text contain an 'x'?"""
-    path = tmp_path / "toy.jsonl"
-    words = ["ab", "cd", "xy", "ex", "mo", "ox", "pq", "xz"]
-    rows = [{"text": words[i % 8] + words[(i * 3) % 8], "label": int("x" in words[i % 8] + words[(i * 3) % 8])}
-            for i in range(n)]
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return FileTask(FileTaskSpec(train=str(path), template="{text} ->", verbalizer={"0": " no", "1": " yes"},
-                                 name="toy"))
 
 
 def test_batches_are_a_pure_function_of_seed_and_step() -> None:
@@ -48,9 +37,9 @@ def test_batches_are_a_pure_function_of_seed_and_step() -> None:
 @pytest.mark.parametrize("family", ["llama", "t5"])
 def test_training_lowers_the_loss(tmp_path: Path, family: str) -> None:
     bb = tiny_backbone(family)
-    task = toy_task(tmp_path)
+    task = toy_task(tmp_path / "toy", validation=0)
     examples = task.examples("train")
-    config = TrainConfig(steps=25, batch_size=8, prompt_length=4, init="uniform", optimizer="adam", lr=0.3,
+    config = TrainConfig(steps=25, batch_size=8, prompt_length=4, init="sampled-vocab", optimizer="adam", lr=0.3,
                          eval_every=0, save_every=100)
     result = train_prompt(bb, task, examples, config, tmp_path / "p.safetensors", progress=False)
     losses = [json.loads(x)["loss"] for x in (tmp_path / "p.metrics.jsonl").read_text().splitlines()]
@@ -66,10 +55,10 @@ def test_prompt_file_records_the_input_template_and_no_instruction(tmp_path: Pat
 
     bb = tiny_backbone("gpt2")
     config = TrainConfig(steps=1, batch_size=2, prompt_length=2, init="uniform", eval_every=0, save_every=100)
-    train_prompt(bb, toy_task(tmp_path), toy_task(tmp_path).examples("train"), config, tmp_path / "file.safetensors",
-                 progress=False)
+    task = toy_task(tmp_path / "toy", validation=0)
+    train_prompt(bb, task, task.examples("train"), config, tmp_path / "file.safetensors", progress=False)
     meta = load_prompt(tmp_path / "file.safetensors").meta
-    assert (meta.template, meta.instruction, meta.dtype) == ("{text} ->", "", "float32")  # a file task: its spec's
+    assert (meta.template, meta.instruction, meta.dtype) == (TEMPLATE, "", "float32")  # a file task: its spec's
     sst2 = TASKS["sst2"]()  # a built-in task: its text template (examples given here, no data files needed)
     examples = [Example(f"Sentence: {t}\nSentiment:", w, (" negative", " positive"))
                 for t, w in [("good", " positive"), ("bad", " negative")]]
@@ -80,7 +69,7 @@ def test_prompt_file_records_the_input_template_and_no_instruction(tmp_path: Pat
 
 def test_paper_recipe_runs_and_best_checkpoint_is_kept(tmp_path: Path) -> None:
     bb = tiny_backbone("gpt2")
-    task = toy_task(tmp_path)
+    task = toy_task(tmp_path / "toy", validation=0)
     cut = selection_split(task, size=8)
     config = TrainConfig(steps=6, batch_size=4, prompt_length=3, eval_every=2, save_every=2)
     result = train_prompt(bb, task, cut.train, config, tmp_path / "p.safetensors", selection=cut.selection,
@@ -106,7 +95,7 @@ def test_paper_recipe_runs_and_best_checkpoint_is_kept(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("reparam", ["none", "residual"])
 def test_in_process_resume_equals_uninterrupted(tmp_path: Path, reparam: str) -> None:
-    task = toy_task(tmp_path)
+    task = toy_task(tmp_path / "toy", validation=0)
     examples = task.examples("train")
     full = TrainConfig(steps=8, batch_size=4, prompt_length=3, eval_every=0, save_every=1, reparam=reparam,
                        reparam_bottleneck=6)
@@ -171,8 +160,7 @@ RESIDUAL = ("--reparam", "residual", "--reparam-bottleneck", "8")
 @pytest.mark.parametrize("extra", [(), FP16, RESIDUAL], ids=["fp32", "fp16", "residual"])
 def test_sigkill_then_resume_equals_uninterrupted(tmp_path: Path, tiny_dirs: dict[str, Path],
                                                   extra: tuple[str, ...]) -> None:
-    toy_task(tmp_path)
-    data, model = tmp_path / "toy.jsonl", tiny_dirs["llama"]
+    data, model = write_jsonl(tmp_path / "toy.jsonl", toy_rows()), tiny_dirs["llama"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT / "src")}
     steps = 20
     subprocess.run(_train_cmd(model, data, tmp_path / "full.safetensors", steps, *extra), check=True, env=env,

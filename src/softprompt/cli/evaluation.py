@@ -23,12 +23,12 @@ from softprompt.cli.common import (
 from softprompt.core.backbone import Backbone
 from softprompt.core.bank import PromptBank
 from softprompt.core.prompted import PromptedModel
-from softprompt.core.promptfile import check_compatible, load_prompt
-from softprompt.core.templates import fill_template, input_template
+from softprompt.core.promptfile import PromptMeta, check_compatible, load_prompt
+from softprompt.core.templates import prompt_format
 from softprompt.evaluation.scoring import evaluate, score_choices
 from softprompt.experiments.baselines.prompt_design import design_prompt
 from softprompt.experiments.methods import count_parameters, task_parameters
-from softprompt.tasks import TASKS, Example, get_task
+from softprompt.tasks import Example, builtin_task, get_task
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -65,10 +65,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def prompted_from_file(backbone: Backbone, path: str, *, allow_other_model: bool = False
-                       ) -> tuple[PromptedModel, dict]:
+                       ) -> tuple[PromptedModel, PromptMeta]:
+    """The prompt file at ``path``, checked against ``backbone``, as a one-prompt model, and its metadata."""
     pf = load_prompt(path)
     check_compatible(pf, backbone, where=path, allow_other_model=allow_other_model)
-    return PromptedModel(backbone, PromptBank(pf.prompt.unsqueeze(0))), pf.meta.__dict__
+    return PromptedModel(backbone, PromptBank(pf.prompt.unsqueeze(0))), pf.meta
 
 
 def no_prompt(backbone: Backbone) -> PromptedModel:
@@ -96,7 +97,7 @@ def run_eval(args: argparse.Namespace) -> int:
     prompt_length = 0
     if args.prompt:
         pm, meta = prompted_from_file(backbone, args.prompt, allow_other_model=args.allow_other_model)
-        instruction, prompt_length = "", int(meta["prompt_length"])
+        instruction, prompt_length = "", meta.prompt_length
     elif args.method == "model-tuning":
         pm, instruction = no_prompt(backbone), ""
     else:
@@ -120,13 +121,11 @@ def run_predict(args: argparse.Namespace) -> int:
     backbone = backbone_from_args(args)
     pm, meta = prompted_from_file(backbone, args.prompt, allow_other_model=args.allow_other_model)
     # A prompt trained on a user's data file names a task that is not built in: its inputs are taken as given.
-    task = get_task(args.task) if args.task else (TASKS[meta["task"]]() if meta["task"] in TASKS else None)
+    task = get_task(args.task) if args.task else builtin_task(meta.task)
     # The template the prompt was trained with (format 2 records it), else the named task's, else the raw text.
-    recorded = "" if args.raw or args.task else meta["template"]
-    template = input_template(recorded or ("{text}" if args.raw or task is None else task.text_template), args.prompt)
-    instruction = "" if args.raw else meta["instruction"]
-    verbalizer = meta["verbalizer"] or (dict(task.verbalizer) if task else {})
-    inputs = [fill_template(template, t, instruction) for t in args.text]
+    fmt = prompt_format(meta, task, args.prompt, task_template=bool(args.task), raw=args.raw)
+    verbalizer = fmt.verbalizer
+    inputs = [fmt.fill(t) for t in args.text]
     results = []
     if verbalizer:
         words = tuple(verbalizer.values())

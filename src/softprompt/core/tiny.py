@@ -1,7 +1,8 @@
 """Tiny random models and a byte-level tokenizer, built from config objects: for tests, demos and benchmarks of
 the plumbing. Nothing is downloaded.
 
-``save_tiny(family, folder)`` writes a model folder that every ``--model`` flag accepts.
+``tiny_backbone(family)`` wraps one as a :class:`~softprompt.core.backbone.Backbone`; ``save_tiny(family, folder)``
+writes a model folder that every ``--model`` flag accepts (the same weights for the same seed and sizes).
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from transformers import (
     Qwen2Config,
     T5Config,
 )
+
+from softprompt.core.backbone import Backbone, make_backbone
 
 FAMILIES = ("llama", "gpt2", "t5", "gemma3", "qwen2")
 SPECIALS = ["<pad>", "</s>", "<s>", "<unk>"]  # ids 0..3, as T5 expects pad 0 and eos 1
@@ -77,6 +80,16 @@ def tiny_model(family: str, seed: int = 0, **sizes: int) -> tuple[PreTrainedMode
     model = cls.from_config(config).eval()
     tokenizer = byte_tokenizer(add_bos=family != "t5", add_eos=family == "t5")
     return model, tokenizer
+
+
+def tiny_backbone(family: str = "llama", seed: int = 0, *, dtype: torch.dtype | None = None,
+                  device: str | torch.device | None = None, **sizes: int) -> Backbone:
+    """A tiny random model of ``family`` as a backbone named ``tiny-<family>`` (in ``dtype`` on ``device`` when
+    given): the weights :func:`save_tiny` writes for the same seed and sizes."""
+    model, tokenizer = tiny_model(family, seed, **sizes)
+    if dtype is not None:
+        model = model.to(dtype)
+    return make_backbone(model, tokenizer, f"tiny-{family}", device=device)
 
 
 def save_tiny(family: str, folder: str | Path, seed: int = 0, **sizes: int) -> Path:

@@ -119,3 +119,34 @@ def make_input_batch(tokenizer: PreTrainedTokenizerBase, inputs: Sequence[str], 
     """Inputs alone, for generation: (input_ids [B, T], attention_mask [B, T]), right-padded."""
     enc = encode_inputs(tokenizer, inputs, max_input_tokens)
     return _pad(enc, int(tokenizer.pad_token_id)), _pad([[1] * len(r) for r in enc], 0)
+
+
+def length_chunks(lengths: Sequence[int], max_rows: int, *, longest_first: bool = False,
+                  pad_slack: float | None = None) -> list[list[int]]:
+    """Row indices (row i has ``lengths[i]`` tokens) grouped into forwards: in order of length, so the rows of a
+    forward pad little (a forward costs rows × its longest row), cut every ``max_rows`` rows and, with
+    ``pad_slack``, also where padding to the chunk's longest row would pass ``pad_slack`` × its real tokens.
+
+    Rows of equal length keep their given order. ``longest_first``: the biggest forward runs first, so a
+    ``max_rows`` too large for memory fails at once rather than at the end (offline scoring); shortest first
+    (the server) answers the short rows of a mixed batch soonest. Every caller that sorts rows by length to batch
+    them (:meth:`~softprompt.evaluation.ensemble.Ensemble.score` through
+    :func:`~softprompt.evaluation.scoring.score_choices`, the server's engine) uses this one function.
+    """
+    if max_rows < 1:
+        raise ValueError(f"max_rows must be >= 1, got {max_rows}")
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i] if longest_first else lengths[i])
+    chunks: list[list[int]] = []
+    real = longest = 0
+    for i in order:
+        n = max(lengths[i], 1)
+        cur = chunks[-1] if chunks else None
+        if (cur is None or len(cur) >= max_rows
+                or (pad_slack is not None and (len(cur) + 1) * max(longest, n) > pad_slack * (real + n))):
+            chunks.append([i])
+            real = longest = n
+        else:
+            cur.append(i)
+            real += n
+            longest = max(longest, n)
+    return chunks

@@ -17,11 +17,12 @@ Generation tasks have no choice scores: the ensemble greedily generates with eve
 rows carrying their prompt index) and takes a majority vote over the generated strings; a tie goes to the string of
 the lowest-numbered prompt among the tied. There is no mean-prob for generation.
 
-Speed (bench/ensemble_bench.py measures each): rows are laid out in order of input length before chunking, so a
-chunk holds inputs of nearly equal length and pads little; when every choice is one token (most verbalizers),
-the K choices of an (example, prompt) share one row, since they differ only in the token being scored; and on
-decoder-only models each prompt's columns are computed once and read from the prefix cache inside
-:class:`~softprompt.core.prompted.PromptedModel` (:mod:`softprompt.core.prefix_cache`).
+Speed (bench/ensemble_bench.py measures each): rows are laid out in order of length before chunking
+(:func:`~softprompt.core.tokenize.length_chunks`, as the server lays out its rows), so a chunk holds rows of nearly
+equal length and pads little; when every choice is one token (most verbalizers), the K choices of an (example,
+prompt) share one row, since they differ only in the token being scored; and on decoder-only models each prompt's
+columns are computed once and read from the prefix cache inside :class:`~softprompt.core.prompted.PromptedModel`
+(:mod:`softprompt.core.prefix_cache`).
 """
 
 from __future__ import annotations
@@ -39,8 +40,7 @@ from softprompt.core.backbone import Backbone
 from softprompt.core.bank import PromptBank
 from softprompt.core.prompted import PromptedModel
 from softprompt.core.promptfile import PromptFile, PromptMeta, check_compatible, load_prompt
-from softprompt.core.tokenize import encode_inputs
-from softprompt.evaluation.scoring import score_choices
+from softprompt.evaluation.scoring import input_lengths, row_chunks, score_choices
 from softprompt.tasks.base import Example, Task
 
 PromptSource = str | Path | Tensor | PromptFile
@@ -172,49 +172,37 @@ class Ensemble:
     def num_prompts(self) -> int:
         return self.model.bank.num_prompts
 
-    def _length_order(self, examples: Sequence[Example], instruction: str, max_input_tokens: int) -> list[int]:
-        """Example indices, longest input first: neighbouring rows pad little, and the biggest chunk runs first,
-        so a batch size too large for memory fails at once rather than at the end."""
-        lengths = [len(ids) for ids in encode_inputs(self.model.backbone.tokenizer,
-                                                     [instruction + e.input for e in examples], max_input_tokens)]
-        return sorted(range(len(examples)), key=lambda i: -lengths[i])
-
     def score(self, examples: Sequence[Example], *, batch_size: int = 64, instruction: str = "",
               max_input_tokens: int = 256, sort_by_length: bool = True, share_prefix: bool = True,
               progress: bool = False) -> Tensor:
         """Log-likelihood of every choice under every prompt: [N, E, K], in one batched pass of N × E × K rows
-        (at most ``batch_size`` rows per forward: the memory budget).
+        (at most ``batch_size`` rows per forward: the memory budget), longest rows first unless
+        ``sort_by_length`` is False (see :func:`~softprompt.evaluation.scoring.score_choices`).
 
         ``share_prefix``: when every choice is a single token on a decoder-only model (SST-2's " positive" /
         " negative", RTE's " yes" / " no"), the K rows of an (example, prompt) differ only in that last token, and
         the logits that score it come from the shared prefix; one row then scores all K choices (K times fewer rows,
         the same splice, the same numbers up to float rounding). False forces K rows per (example, prompt).
         """
-        order = (self._length_order(examples, instruction, max_input_tokens) if sort_by_length
-                 else list(range(len(examples))))
-        ordered = [examples[i] for i in order]
-        scores = score_choices(self.model, ordered, range(self.num_prompts), batch_size=batch_size,
-                               instruction=instruction, max_input_tokens=max_input_tokens, progress=progress,
-                               share_prefix=share_prefix)
-        out = torch.empty_like(scores)
-        out[:, order] = scores
-        return out
+        return score_choices(self.model, examples, range(self.num_prompts), batch_size=batch_size,
+                             instruction=instruction, max_input_tokens=max_input_tokens, progress=progress,
+                             share_prefix=share_prefix, sort_by_length=sort_by_length)
 
     @torch.no_grad()
     def generate(self, examples: Sequence[Example], *, batch_size: int = 16, instruction: str = "",
                  max_new_tokens: int = 32, max_input_tokens: int = 256, sort_by_length: bool = True
                  ) -> list[list[str]]:
-        """Greedy output of every prompt for every example, [N][E], from rows (example, prompt) batched together."""
-        order = (self._length_order(examples, instruction, max_input_tokens) if sort_by_length
-                 else list(range(len(examples))))
-        rows = [(n, e) for e in order for n in range(self.num_prompts)]
+        """Greedy output of every prompt for every example, [N][E], from rows (example, prompt) batched together
+        (longest inputs first unless ``sort_by_length`` is False)."""
+        texts = [instruction + e.input for e in examples]
+        rows = [(n, e) for e in range(len(examples)) for n in range(self.num_prompts)]
+        n_in = input_lengths(self.model, texts, max_input_tokens) if sort_by_length else None
         out = [[""] * len(examples) for _ in range(self.num_prompts)]
-        for start in range(0, len(rows), batch_size):
-            chunk = rows[start:start + batch_size]
+        for chunk in row_chunks(rows, batch_size, None if n_in is None else [n_in[e] for _, e in rows]):
             index = torch.tensor([n for n, _ in chunk], dtype=torch.long)
-            texts = self.model.generate([instruction + examples[e].input for _, e in chunk], index,
-                                        max_new_tokens=max_new_tokens, max_input_tokens=max_input_tokens)
-            for (n, e), text in zip(chunk, texts, strict=True):
+            generated = self.model.generate([texts[e] for _, e in chunk], index, max_new_tokens=max_new_tokens,
+                                            max_input_tokens=max_input_tokens)
+            for (n, e), text in zip(chunk, generated, strict=True):
                 out[n][e] = text
         return out
 

@@ -10,6 +10,7 @@ N otherwise. A single prompt (training, eval), several prompts for the same inpu
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TypeVar
 
 import torch
 from torch import Tensor
@@ -17,8 +18,23 @@ from tqdm.auto import tqdm
 
 from softprompt.core.backbone import Backbone
 from softprompt.core.prompted import NoContextError, PromptedModel
-from softprompt.core.tokenize import make_batch, make_input_batch, tokenize
+from softprompt.core.tokenize import encode_inputs, length_chunks, make_batch, make_input_batch, tokenize
 from softprompt.tasks.base import Example, Task
+
+R = TypeVar("R")
+
+
+def row_chunks(rows: Sequence[R], batch_size: int, lengths: Sequence[int] | None = None) -> list[list[R]]:
+    """Rows cut into forwards of at most ``batch_size``: in the given order, or, with each row's token count in
+    ``lengths``, longest first (:func:`~softprompt.core.tokenize.length_chunks`: neighbouring rows pad little)."""
+    if lengths is None:
+        return [list(rows[start:start + batch_size]) for start in range(0, len(rows), batch_size)]
+    return [[rows[i] for i in idx] for idx in length_chunks(lengths, batch_size, longest_first=True)]
+
+
+def input_lengths(pm: PromptedModel, texts: Sequence[str], max_input_tokens: int) -> list[int]:
+    """Token count of each input as a row holds it (the tokenizer's special tokens, truncation)."""
+    return [len(ids) for ids in encode_inputs(pm.backbone.tokenizer, texts, max_input_tokens)]
 
 
 @torch.no_grad()
@@ -32,26 +48,37 @@ def score_choices(
     max_input_tokens: int = 256,
     progress: bool = False,
     share_prefix: bool = True,
+    sort_by_length: bool = False,
 ) -> Tensor:
     """Log-likelihood of every choice of every example under every prompt: [N, E, K] (−inf past an example's
     own number of choices).
 
     ``share_prefix``: when every choice is one token on a decoder-only model, score all K from one row (see
     :func:`single_token_choices`); False forces the general K-rows path (benchmarks, checks).
+    ``sort_by_length``: rows of all prompts laid out longest first (:func:`row_chunks`), so a forward holds rows
+    of nearly equal length and pads little; the same scores up to float rounding from other batch compositions.
     """
     if any(e.choices is None for e in examples):
         raise ValueError("score_choices needs classification examples (with choices)")
     k_max = max((len(e.choices or ()) for e in examples), default=0)
+    n_in = (input_lengths(pm, [instruction + e.input for e in examples], max_input_tokens) if sort_by_length
+            else None)
     first_tokens = single_token_choices(pm, examples) if share_prefix else None
     if first_tokens is not None:
         return _score_single_tokens(pm, examples, first_tokens, prompt_indices, batch_size=batch_size,
-                                    instruction=instruction, max_input_tokens=max_input_tokens, progress=progress)
+                                    instruction=instruction, max_input_tokens=max_input_tokens, progress=progress,
+                                    n_in=n_in)
     rows = [(n, e, k) for n in range(len(prompt_indices)) for e in range(len(examples))
             for k in range(len(examples[e].choices or ()))]
+    lengths = None
+    if n_in is not None:
+        words = sorted({c for e in examples for c in e.choices or ()})
+        n_target = dict(zip(words, map(len, tokenize(pm.backbone.tokenizer, words, add_special_tokens=False)),
+                            strict=True))
+        lengths = [n_in[e] + n_target[examples[e].choices[k]] for _, e, k in rows]  # type: ignore[index]
     scores = torch.full((len(prompt_indices), len(examples), k_max), float("-inf"))
-    chunks = range(0, len(rows), batch_size)
-    for start in tqdm(chunks, desc="score", unit="batch", disable=not progress, leave=False):
-        chunk = rows[start:start + batch_size]
+    for chunk in tqdm(row_chunks(rows, batch_size, lengths), desc="score", unit="batch", disable=not progress,
+                      leave=False):
         texts = [instruction + examples[e].input for _, e, _ in chunk]
         batch = make_batch(
             pm.backbone.tokenizer,
@@ -100,13 +127,13 @@ def single_token_ids(backbone: Backbone, choices: Sequence[str]) -> list[int] | 
 
 def _score_single_tokens(pm: PromptedModel, examples: Sequence[Example], choice_ids: list[list[int]],
                          prompt_indices: Sequence[int], *, batch_size: int, instruction: str, max_input_tokens: int,
-                         progress: bool) -> Tensor:
+                         progress: bool, n_in: Sequence[int] | None) -> Tensor:
     k_max = max(len(c) for c in choice_ids)
     rows = [(n, e) for n in range(len(prompt_indices)) for e in range(len(examples))]
+    lengths = None if n_in is None else [n_in[e] for _, e in rows]
     scores = torch.full((len(prompt_indices), len(examples), k_max), float("-inf"))
-    for start in tqdm(range(0, len(rows), batch_size), desc="score", unit="batch", disable=not progress,
+    for chunk in tqdm(row_chunks(rows, batch_size, lengths), desc="score", unit="batch", disable=not progress,
                       leave=False):
-        chunk = rows[start:start + batch_size]
         texts = [instruction + examples[e].input for _, e in chunk]
         ids, mask = make_input_batch(pm.backbone.tokenizer, texts, max_input_tokens)
         index = torch.tensor([prompt_indices[n] for n, _ in chunk], dtype=torch.long)

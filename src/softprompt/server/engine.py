@@ -40,11 +40,11 @@ from softprompt.core.backbone import Backbone
 from softprompt.core.bank import PromptBank
 from softprompt.core.prompted import NoContextError, PromptedModel
 from softprompt.core.promptfile import PromptFile, PromptFileError, check_compatible, load_prompt
-from softprompt.core.templates import fill_template, input_template
-from softprompt.core.tokenize import encode_inputs, make_batch, make_input_batch, tokenize
+from softprompt.core.templates import fill_template, prompt_format
+from softprompt.core.tokenize import encode_inputs, length_chunks, make_batch, make_input_batch, tokenize
 from softprompt.evaluation.ensemble import majority_vote, vote_strings
 from softprompt.evaluation.scoring import single_token_ids
-from softprompt.tasks import TASKS
+from softprompt.tasks import builtin_task
 
 # Task names: a letter or digit first, then letters, digits, '_', '.', '-' — never a path separator or '..'.
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
@@ -200,8 +200,9 @@ class Engine:
     def make_task(self, name: str, files: Sequence[PromptFile], *, where: str, upload: bool = False) -> ServedTask:
         """Validate prompt files against the model and build a task (K > 1 files: an ensemble).
 
-        The format is the prompt's own template and instruction, else its built-in task's ``text_template``, else
-        ``"{text}"``; the labels are its verbalizer, else its built-in task's. A task is looked up among the built-in
+        The format is :func:`~softprompt.core.templates.prompt_format`'s: the prompt's own template and instruction,
+        else its built-in task's ``text_template``, else ``"{text}"``; the labels are its verbalizer, else its
+        built-in task's. A task is looked up among the built-in
         tasks only, never as a path: a prompt file's metadata must not make the server read another file. An
         upload (``upload=True``) that names a task the server does not know must carry its own verbalizer or
         template, so that it is never served by guesswork.
@@ -218,25 +219,24 @@ class Engine:
                                       f"{limit} positions, inputs take up to {self.max_input_tokens} "
                                       f"(--max-input-tokens) and generation up to {MAX_NEW_TOKENS}")
         meta = files[0].meta
-        known = TASKS[meta.task]() if meta.task in TASKS else None
-        own_template, instruction = meta.template, meta.instruction  # "" in version-1 files
-        if upload and meta.task and known is None and not meta.verbalizer and not own_template:
+        known = builtin_task(meta.task)
+        if upload and meta.task and known is None and not meta.verbalizer and not meta.template:
             raise PromptFileError(f"{where}: metadata field 'task' is {meta.task[:100]!r}, which is no built-in task, "
                                   "and the prompt carries no verbalizer or template of its own")
-        template = input_template(own_template or (known.text_template if known else "{text}"), where)
-        verbalizer = dict(meta.verbalizer) or (dict(known.verbalizer) if known else {})
+        fmt = prompt_format(meta, known, where)
+        verbalizer = fmt.verbalizer
         for other in files[1:]:
             if dict(other.meta.verbalizer or verbalizer) != verbalizer:
                 raise PromptFileError(f"{where}: ensemble members disagree on the verbalizer")
-            if (other.meta.template, other.meta.instruction) != (own_template, instruction):
+            if (other.meta.template, other.meta.instruction) != (meta.template, meta.instruction):
                 raise PromptFileError(f"{where}: ensemble members disagree on the template or instruction")
         for label, word in verbalizer.items():
             if not self.backbone.tokenizer(word, add_special_tokens=False)["input_ids"]:
                 raise PromptFileError(f"{where}: label {label!r} has target text {word!r}, which is no tokens")
         members = tuple(self.member(pf) for pf in files)
         label_ids = single_token_ids(self.backbone, tuple(verbalizer.values())) if verbalizer else None
-        return ServedTask(name, members, template, tuple(verbalizer), tuple(verbalizer.values()), meta.task,
-                          meta.base_model, instruction,
+        return ServedTask(name, members, fmt.template, tuple(verbalizer), tuple(verbalizer.values()), meta.task,
+                          meta.base_model, fmt.instruction,
                           label_ids=None if label_ids is None else tuple(label_ids))
 
     def task_from_bytes(self, name: str, body: bytes) -> ServedTask:
@@ -306,22 +306,9 @@ class Engine:
 
     # ---- batched forwards ---------------------------------------------------------------------------------------
     def _chunks(self, lengths: Sequence[int]) -> list[list[int]]:
-        """Row indices (rows of ``lengths[i]`` tokens) grouped into forwards: sorted by length so rows of a forward
-        pad little (on CPU a forward costs rows x longest row), cut at ``max_batch_rows`` rows or when padding would
-        pass ``PAD_SLACK`` x the real tokens."""
-        order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-        chunks: list[list[int]] = []
-        real = 0
-        for i in order:
-            n = max(lengths[i], 1)
-            cur = chunks[-1] if chunks else None
-            if cur is None or len(cur) >= self.max_batch_rows or (len(cur) + 1) * n > PAD_SLACK * (real + n):
-                chunks.append([i])
-                real = n
-            else:
-                cur.append(i)
-                real += n
-        return chunks
+        """Row indices grouped into forwards: shortest rows first, at most ``max_batch_rows`` rows, cut where
+        padding would pass ``PAD_SLACK`` × the real tokens (on CPU a forward costs rows × its longest row)."""
+        return length_chunks(lengths, self.max_batch_rows, pad_slack=PAD_SLACK)
 
     def _input_lengths(self, texts: Sequence[str]) -> dict[str, int]:
         unique = sorted(set(texts))

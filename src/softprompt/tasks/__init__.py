@@ -16,6 +16,12 @@ TASKS: dict[str, type[Task]] = {cls.name: cls for cls in [BoolQ, CB, COPA, Multi
                                                           MRPC, QQP, SST2, SQuAD, RelationExtraction]}
 
 
+def builtin_task(name: str) -> Task | None:
+    """The built-in task ``name`` (a prompt file's ``task`` field), else None. Never a path: a prompt file's
+    metadata must not make the server or ``softprompt predict`` read another file."""
+    return TASKS[name]() if name in TASKS else None
+
+
 def get_task(name: str, **file_options: object) -> Task:
     """A built-in task by name, a YAML task spec, or a data file plus ``file_options`` (template, label_field,
     verbalizer, validation) — see :mod:`softprompt.tasks.generic`."""
@@ -33,5 +39,5 @@ def get_task(name: str, **file_options: object) -> Task:
                         "(or give a .jsonl/.csv/.tsv data file or a .yaml task spec)")
 
 
-__all__ = ["TASKS", "Example", "FileTask", "FileTaskSpec", "SelectionSplit", "Task", "TaskDataError", "get_task",
-           "resolve_data_dir", "selection_split"]
+__all__ = ["TASKS", "Example", "FileTask", "FileTaskSpec", "SelectionSplit", "Task", "TaskDataError", "builtin_task",
+           "get_task", "resolve_data_dir", "selection_split"]
