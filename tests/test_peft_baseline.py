@@ -147,5 +147,8 @@ def test_refusals_and_the_label_text(monkeypatch: pytest.MonkeyPatch) -> None:
     assert refusals(["class-label", "text", "sampled-vocab"], TrainConfig()) == []
     assert label_text([" no", " yes"]) == " no yes"
     assert label_text(["positive", "negative", " neutral"]) == "positive negative neutral"
+    monkeypatch.setattr(peft_prompt_tuning, "has_sample_vocab", lambda: False)  # a PEFT older than SAMPLE_VOCAB
+    assert refusals(["class-label", "text"], TrainConfig()) == []
+    assert "lacks: upgrade PEFT" in refusals(["sampled-vocab"], TrainConfig())[0]
     monkeypatch.setattr(peft_prompt_tuning.importlib.util, "find_spec", lambda name: None)
     assert refusals(["class-label"], TrainConfig()) == ["method peft-prompt-tuning needs PEFT: pip install peft"]

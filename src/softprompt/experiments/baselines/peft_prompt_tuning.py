@@ -66,12 +66,22 @@ PEFT_INITS: dict[str, str] = {"class-label": "TEXT", "text": "TEXT", "sampled-vo
 """softprompt init → PEFT ``PromptTuningInit`` (the module docstring says how each differs); others are refused"""
 
 
+def has_sample_vocab() -> bool:
+    """Whether the installed PEFT has the SAMPLE_VOCAB init (added in late 2025, huggingface/peft#2815)."""
+    from peft import PromptTuningInit
+
+    return hasattr(PromptTuningInit, "SAMPLE_VOCAB")
+
+
 def refusals(inits: list[str], config: TrainConfig) -> list[str]:
     """Why a grid's PEFT cells could not be what they say (empty: they can): PEFT missing, an init without a PEFT
-    counterpart, a setting PEFT's prompt tuning lacks. Cheap: PEFT is looked up, not imported."""
+    counterpart, a setting PEFT's prompt tuning lacks. Cheap: PEFT is only imported for a sampled-vocab init."""
     if importlib.util.find_spec("peft") is None:
         return ["method peft-prompt-tuning needs PEFT: pip install peft"]
     out = []
+    if "sampled-vocab" in inits and not has_sample_vocab():
+        out.append(f"init 'sampled-vocab' needs PEFT's SAMPLE_VOCAB init, which PEFT "
+                   f"{importlib.metadata.version('peft')} lacks: upgrade PEFT")
     for init in inits:
         if init == "uniform":
             out.append("init 'uniform' has no PEFT counterpart (PEFT's RANDOM is nn.Embedding's N(0, 1), not "
@@ -104,6 +114,9 @@ def peft_init(task: Task, config: TrainConfig) -> tuple[str, str | None]:
     labels = list(dict.fromkeys(task.verbalizer.values()))
     if config.init == "class-label" and labels:
         return "TEXT", label_text(labels)
+    if not has_sample_vocab():
+        raise ValueError(f"{task.name}: init {config.init!r} without label words needs PEFT's SAMPLE_VOCAB init, "
+                         f"which PEFT {importlib.metadata.version('peft')} lacks: upgrade PEFT")
     return "SAMPLE_VOCAB", None
 
 
