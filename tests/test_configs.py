@@ -26,7 +26,7 @@ from softprompt.cli import main
 from softprompt.core.builtin_models import BUILTIN_MODELS
 from softprompt.core.tiny import save_tiny
 from softprompt.experiments.configfile import build
-from softprompt.experiments.grid import ExperimentConfig, TaskPair, cells, load_config, task_names, validate
+from softprompt.experiments.grid import Exclude, ExperimentConfig, TaskPair, cells, load_config, task_names, validate
 from softprompt.tasks import TASKS
 from tests.conftest import DATA_DIR
 from tests.toytask import write_task
@@ -84,7 +84,8 @@ def one_cell_each(raw: dict, root: Path) -> dict:
     transfer = raw.get("transfer") or []
     pairs = raw.get("pairs") or []
     out["models"] = [str(models[m]) for m in models]
-    out["tasks"] = [toy(t) for t in ([transfer[0]["source"]] if transfer else raw.get("tasks", [])[:1])]
+    firsts = raw.get("tasks", [])[:1] + ([transfer[0]["source"]] if transfer else [])
+    out["tasks"] = [toy(t) for t in dict.fromkeys(firsts)]
     out["pairs"] = [{"train_task": toy(p["train_task"]), "eval_task": toy(p["eval_task"])} for p in pairs[:1]]
     out["transfer"] = [{"source": toy(t["source"]), "target": toy(t["target"])} for t in transfer[:1]]
     for axis in ("prompt_lengths", "inits", "seeds", "shots"):
@@ -95,6 +96,14 @@ def one_cell_each(raw: dict, root: Path) -> dict:
     out["eval"] = {**(raw.get("eval") or {}), "limit": 4, "batch_size": 4}
     out.update(train_limit=8, threads=1, output=str(root / "results"), report_dir=str(root / "docs"), reuse=[],
                data_dir=None)
+    # Every variant, on the tiny stand-ins of its models; the exclude entries that still match a cell of the cut grid.
+    out["variants"] = [{**v, **({"models": [str(models[m]) for m in v["models"]]} if v.get("models") else {})}
+                       for v in raw.get("variants") or []]
+    renamed = [{**e, **({"model": str(models[e["model"]])} if "model" in e else {}),
+                **({"task": tasks[e["task"]]} if "task" in e else {})}
+               for e in raw.get("exclude") or [] if e.get("task") is None or e["task"] in tasks]
+    full = cells(build(ExperimentConfig, {**out, "exclude": []}, "cut"))
+    out["exclude"] = [e for e in renamed if any(build(Exclude, e, "exclude").matches(c) for c in full)]
     return out
 
 

@@ -5,6 +5,9 @@ cells.
 Which cells a grid holds:
 
 - prompt-tuning: every task × prompt length × init × seed;
+- peft-prompt-tuning (PEFT's prompt tuning, the peer): the same cells as prompt-tuning, with the grid's
+  ``prompt_tuning`` settings; only the inits PEFT has (class-label, text, sampled-vocab: see
+  :mod:`softprompt.experiments.baselines.peft_prompt_tuning`), else the grid is refused;
 - model-tuning: every task × seed (prompt length and init do not apply);
 - prompt-design: every in-domain task × shots (× seed when shots > 0: the seed picks the demonstrations);
   train→eval pairs (domain shift) are for the two tuned methods only;
@@ -28,8 +31,9 @@ import yaml
 
 from softprompt.core.builtin_models import BUILTIN_MODELS, NO_INSTALL_ENV, auto_install_enabled, fetch, is_installed
 from softprompt.experiments.baselines.model_tuning import ModelTuneConfig
+from softprompt.experiments.baselines.peft_prompt_tuning import refusals as peft_refusals
 from softprompt.experiments.configfile import ConfigError, build
-from softprompt.experiments.methods import METHODS
+from softprompt.experiments.methods import METHODS, PAPER_METHODS, PROMPT_METHODS
 from softprompt.tasks import TaskDataError, get_task
 from softprompt.training.initializers import INITS, TRANSFER_PREFIX
 from softprompt.training.prompt_tuning import TrainConfig
@@ -119,7 +123,8 @@ class ExperimentConfig:
     transfer: list[Transfer] = field(default_factory=list)
     """source → target prompt transfer: one prompt-tuning cell per pair × P × seed, initialised from the source
     task's cell (same model, P and seed; the first init)"""
-    methods: list[str] = field(default_factory=lambda: list(METHODS))
+    methods: list[str] = field(default_factory=lambda: list(PAPER_METHODS))
+    """any of METHODS (default: the paper's three; ``peft-prompt-tuning`` is the PEFT peer of prompt tuning)"""
     prompt_lengths: list[int] = field(default_factory=lambda: [20])
     """P values; the first is the headline setting of the report"""
     inits: list[str] = field(default_factory=lambda: ["class-label"])
@@ -193,7 +198,7 @@ class Cell:
         tasks = slug(self.train_task) if self.train_task == self.eval_task else \
             f"{slug(self.train_task)}-to-{slug(self.eval_task)}"
         parts = [slug(self.model), self.method, tasks]
-        if self.method == "prompt-tuning":
+        if self.method in PROMPT_METHODS:
             source = self.source_task
             parts += [f"P{self.prompt_length}", self.init if source is None else f"from-{slug(source)}"]
             if self.variant:
@@ -250,10 +255,15 @@ def validate(config: ExperimentConfig, where: str = "config") -> None:
         values = getattr(config, key)
         if not values or any(v < 0 for v in values) or len(set(values)) != len(values):
             raise ConfigError(f"{where}: {key} must be a non-empty list of distinct values >= 0, got {values}")
-    if "prompt-tuning" in config.methods and 0 in config.prompt_lengths:
+    if set(PROMPT_METHODS) & set(config.methods) and 0 in config.prompt_lengths:
         raise ConfigError(f"{where}: prompt length 0 is the bare model; use method prompt-design or model-tuning")
     if "text" in config.inits and not config.prompt_tuning.init_text:
         raise ConfigError(f"{where}: init 'text' needs prompt_tuning.init_text")
+    if "peft-prompt-tuning" in config.methods:
+        # Refused rather than approximated: a PEFT cell named for an init must have been trained from it.
+        problems = peft_refusals(config.inits, config.prompt_tuning)
+        if problems:
+            raise ConfigError(f"{where}: " + "; ".join(problems))
     for name in task_names(config):
         try:
             get_task(name)
@@ -367,7 +377,7 @@ def cells(config: ExperimentConfig) -> list[Cell]:
         for train_task, eval_task in pairs:
             base = Cell(model, "", train_task, eval_task)
             for method in config.methods:
-                if method == "prompt-tuning":
+                if method in PROMPT_METHODS:
                     out += [replace(base, method=method, prompt_length=p, init=i, seed=s)
                             for p in config.prompt_lengths for i in config.inits for s in config.seeds]
                 elif method == "model-tuning":

@@ -3,8 +3,9 @@
 Plots (written only when the grid has the data for them):
 
 - ``score_vs_size.png``: score against model parameter count (log scale) for model tuning, prompt tuning and prompt
-  design — the paper's Figure 1. Each point is the mean over the in-domain tasks (and seeds) at the headline setting:
-  the *first* prompt length, init and shots listed in the config.
+  design — the paper's Figure 1 — and PEFT's prompt tuning when the grid runs it (its own series). Each point is
+  the mean over the in-domain tasks (and seeds) at the headline setting: the *first* prompt length, init and shots
+  listed in the config.
 - ``prompt_length.png`` / ``init.png``: prompt-tuning ablations against model size, one line per prompt length (at
   the first init) or per init (at the first length) — the paper's Figure 3.
 - Domain shift (train→eval pairs) is a table: train task, eval task, and the score per model and method.
@@ -23,10 +24,11 @@ from typing import Any
 
 from softprompt.core.files import atomic_write
 from softprompt.experiments.grid import ExperimentConfig, cells, slug
+from softprompt.experiments.methods import PROMPT_METHODS
 from softprompt.experiments.runner import load_cells
 
 METHOD_STYLE = {"model-tuning": ("tab:orange", "s"), "prompt-tuning": ("tab:green", "o"),
-                "prompt-design": ("tab:blue", "^")}
+                "prompt-design": ("tab:blue", "^"), "peft-prompt-tuning": ("tab:purple", "D")}
 
 
 def _key(r: dict[str, Any]) -> tuple:
@@ -54,7 +56,7 @@ def aggregate(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _headline(row: dict[str, Any], config: ExperimentConfig) -> bool:
-    if row["method"] == "prompt-tuning":
+    if row["method"] in PROMPT_METHODS:
         return row["prompt_length"] == config.prompt_lengths[0] and row["init"] == config.inits[0]
     if row["method"] == "prompt-design":
         return row["shots"] == config.shots[0]
@@ -196,7 +198,7 @@ def write_report(config: ExperimentConfig, folder: Path | None = None) -> Path:
 
 
 def _setting(r: dict[str, Any]) -> str:
-    if r["method"] == "prompt-tuning":
+    if r["method"] in PROMPT_METHODS:
         return f"P={r['prompt_length']}, {r['init']}" + (f", {r['variant']}" if r.get("variant") else "")
     if r["method"] == "prompt-design":
         return f"{r['shots']}-shot"
@@ -227,10 +229,10 @@ def summary_lines(records: Iterable[dict[str, Any]]) -> list[str]:
     groups: dict[tuple[str, str, str], list[dict[str, Any]]] = defaultdict(list)
     for r in records:
         groups[(r["cell"]["model"], r["cell"]["train_task"], r["cell"]["eval_task"])].append(r)
-    order = {"prompt-design": 0, "prompt-tuning": 1, "model-tuning": 2}
+    order = {"prompt-design": 0, "prompt-tuning": 1, "peft-prompt-tuning": 2, "model-tuning": 3}
     lines = []
     for (model, train_task, eval_task), rs in groups.items():
-        rs = sorted(rs, key=lambda r: order.get(r["method"], 3))
+        rs = sorted(rs, key=lambda r: order.get(r["method"], len(order)))
         first = rs[0]
         task = slug(eval_task) if train_task == eval_task else f"{slug(train_task)} → {slug(eval_task)}"
         lines.append(f"{task} on {slug(model)} ({first['eval']['split']}, {first['eval']['examples']} examples, "
@@ -243,7 +245,9 @@ def summary_lines(records: Iterable[dict[str, Any]]) -> list[str]:
                                                                  "examples" if c["shots"] else ", zero-shot")
                 lines.append(f"  before: prompt design ({what}): {r['score']:.4f}")
                 continue
-            what = f"P = {c['prompt_length']}, {c['init']} init" if r["method"] == "prompt-tuning" else "all weights"
+            what = f"P = {c['prompt_length']}, {c['init']} init" if r["method"] in PROMPT_METHODS else "all weights"
+            if r["method"] == "peft-prompt-tuning":
+                what += f", PEFT {r.get('peft', {}).get('version')} {r.get('peft', {}).get('prompt_tuning_init')}"
             what += f", {cfg.get('steps')} steps of batch {cfg.get('batch_size')}, seed {c['seed']}"
             gain = "" if zero_shot is None else f" ({100 * (r['score'] - zero_shot):+.1f} points over prompt design)"
             lines += [f"  after: {r['method'].replace('-', ' ')} ({what}): {r['score']:.4f}{gain}",

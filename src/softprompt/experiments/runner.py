@@ -1,8 +1,8 @@
 """Running an experiment grid (:mod:`softprompt.experiments.grid`): every cell's result is one JSON file
 ``<output>/<name>/cells/<cell id>.json`` holding its settings, the model, metrics, seconds, task-specific parameter
 count and library versions. A rerun skips every cell whose JSON exists, so an interrupted sweep resumes where it stopped
-(a prompt-tuning cell also resumes from its own checkpoint). :mod:`softprompt.experiments.report` turns the cells into a
-markdown table and plots.
+(a prompt-tuning cell also resumes from its own checkpoint; a PEFT cell trains again from step 0).
+:mod:`softprompt.experiments.report` turns the cells into a markdown table and plots.
 
 Selection: with ``eval_every: 0`` (the grid default) the last step is kept, trained on the whole train split; with
 ``eval_every > 0`` the best step is chosen on the selection slice held out from the *train* task's train split
@@ -12,6 +12,11 @@ cell's record says which (``selection``).
 Prompt transfer: a transfer cell (:class:`softprompt.experiments.grid.Transfer`) trains with init ``from:`` its source
 cell's prompt file, ``<output>/<name>/prompts/<source cell id>.safetensors``; the source cell comes earlier in the grid,
 and a source copied from another grid (``reuse``) brings its prompt file along.
+
+The PEFT peer (``peft-prompt-tuning``, :mod:`softprompt.experiments.baselines.peft_prompt_tuning`): PEFT trains the
+prompt with the grid's ``prompt_tuning`` settings and the same seeded batches; the cell evaluates the converted prompt
+exactly as a prompt-tuning cell evaluates its own, and records PEFT's version (``peft``) and every step's loss
+(``train.losses``).
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from softprompt.core.files import atomic_write
 from softprompt.core.prompted import PromptedModel
 from softprompt.evaluation.scoring import evaluate
 from softprompt.experiments.baselines.model_tuning import ModelTuneConfig, tune_model
+from softprompt.experiments.baselines.peft_prompt_tuning import tune_peft_prompt
 from softprompt.experiments.baselines.prompt_design import design_prompt
 from softprompt.experiments.grid import Cell, ExperimentConfig, cells, preflight, source_cell, variant_settings
 from softprompt.experiments.methods import count_parameters, task_parameters
@@ -103,7 +109,8 @@ def cell_path(config: ExperimentConfig, cell: Cell) -> Path:
 
 
 def prompt_path(config: ExperimentConfig, cell: Cell) -> Path:
-    """A prompt-tuning cell's prompt file (its resume checkpoint lies beside it)."""
+    """A prompt-tuning cell's prompt file (its resume checkpoint lies beside it); a PEFT cell's converted prompt
+    (PEFT's adapter folder lies beside it)."""
     return config.out_dir / "prompts" / f"{cell.id}.safetensors"
 
 
@@ -117,6 +124,8 @@ def method_settings(config: ExperimentConfig, cell: Cell) -> TrainConfig | Model
         if cell.variant:
             base = variant_settings(config, next(v for v in config.variants if v.name == cell.variant))
         return replace(base, prompt_length=cell.prompt_length, init=init, seed=cell.seed)
+    if cell.method == "peft-prompt-tuning":  # the grid's own prompt-tuning recipe, trained by PEFT
+        return replace(config.prompt_tuning, prompt_length=cell.prompt_length, init=cell.init, seed=cell.seed)
     if cell.method == "model-tuning":
         return replace(config.model_tuning, seed=cell.seed)
     return None
@@ -196,7 +205,15 @@ def run_cell(config: ExperimentConfig, cell: Cell, backbone: Backbone, data: _Da
     selection_info: dict[str, Any] = {}
     tuned: Backbone | None = None
     settings = method_settings(config, cell)
-    if isinstance(settings, TrainConfig):
+    if cell.method == "peft-prompt-tuning" and isinstance(settings, TrainConfig):
+        train, selection, selection_info = data.training(cell.train_task, settings.eval_every, settings.eval_limit)
+        # No resume: a killed cell trains again from step 0 (its record exists only once it is complete).
+        peer = tune_peft_prompt(backbone, train_task, train, settings, prompt_path(config, cell),
+                                selection=selection, progress=progress)
+        pm = PromptedModel(backbone, PromptBank(peer.prompt.unsqueeze(0)))
+        train_metrics = {**peer.metrics, "losses": peer.losses, "history": peer.history}
+        extra = {"loss_first": peer.losses[0], "loss_last": peer.losses[-1], "peft": peer.peft}
+    elif isinstance(settings, TrainConfig):
         tc = settings
         train, selection, selection_info = data.training(cell.train_task, tc.eval_every, tc.eval_limit)
         if cell.source_task is not None:
