@@ -60,6 +60,8 @@ class LoopConfig:
     optimizer: Literal["adafactor", "adam", "adamw"] = "adafactor"
     lr: float = 1e-3
     weight_decay: float = 0.0
+    beta1: float | None = None
+    """Adafactor's first-moment (momentum) decay; None: no momentum, the paper's Adafactor (Adam keeps its own 0.9)"""
     seed: int = 0
     """draws every step's rows (and whatever a method initialises)"""
     save_every: int = 10
@@ -73,6 +75,8 @@ class LoopConfig:
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1 or self.grad_accum < 1:
             raise ValueError("steps, batch_size and grad_accum must be >= 1")
+        if self.beta1 is not None and not 0.0 <= self.beta1 < 1.0:
+            raise ValueError(f"beta1 must be in [0, 1) or None, got {self.beta1}")
         if self.batch_size % self.grad_accum:
             raise ValueError(f"batch_size {self.batch_size} is not divisible by grad_accum {self.grad_accum}")
         if self.lr == "auto" and not self.auto_lr:
@@ -90,7 +94,8 @@ def make_optimizer(config: LoopConfig, params: list[nn.Parameter], lr: float | N
     if config.optimizer == "adafactor":
         # The paper's Adafactor: constant lr (no relative step), no parameter scaling, beta2 decay exponent 0.8.
         return Adafactor(params, lr=lr, weight_decay=config.weight_decay, scale_parameter=False,
-                         relative_step=False, warmup_init=False, decay_rate=-0.8, clip_threshold=1.0)
+                         relative_step=False, warmup_init=False, decay_rate=-0.8, clip_threshold=1.0,
+                         beta1=config.beta1)
     if config.optimizer == "adam":
         return torch.optim.Adam(params, lr=lr, weight_decay=config.weight_decay)
     if config.optimizer == "adamw":
