@@ -77,3 +77,31 @@ def test_cli_recipe_paper_and_explicit_lr(tmp_path: Path, tiny_dirs: dict[str, P
     with pytest.raises(SystemExit) as exc:
         main([*common, "--out", str(tmp_path / "c.safetensors"), "--lr", "zero"])
     assert exc.value.code == 2
+
+
+def test_default_recipe_has_momentum_and_the_paper_none(tmp_path: Path, tiny_dirs: dict[str, Path]) -> None:
+    """The default Adafactor keeps a first moment (momentum 0.9: bench/lr_bench.py's P = 50 spikes without it); the
+    paper recipe and --beta1 none do not; the checkpoint holds the optimizer's state either way."""
+    from softprompt.cli import build_parser
+    from softprompt.cli.training import _optimizer_args
+
+    assert TrainConfig().beta1 == 0.9 and RECIPES["default"]["beta1"] == 0.9 and RECIPES["paper"]["beta1"] is None
+    param = torch.nn.Parameter(torch.zeros(2, 3))
+    param.grad = torch.ones(2, 3)
+    with_momentum = make_optimizer(TrainConfig(lr=0.1), [param])
+    with_momentum.step()
+    assert "exp_avg" in with_momentum.state[param]
+    plain = make_optimizer(TrainConfig(lr=0.1, beta1=None), [param])
+    plain.step()
+    assert "exp_avg" not in plain.state[param]
+    parser = build_parser()
+    base = ["train", "--model", str(tiny_dirs["llama"]), "--task", "sst2", "--out", str(tmp_path / "x.safetensors")]
+    assert _optimizer_args(parser.parse_args(base), TrainConfig())["beta1"] == 0.9
+    assert _optimizer_args(parser.parse_args([*base, "--recipe", "paper"]), TrainConfig())["beta1"] is None
+    assert _optimizer_args(parser.parse_args([*base, "--beta1", "none"]), TrainConfig())["beta1"] is None
+    assert _optimizer_args(parser.parse_args([*base, "--recipe", "paper", "--beta1", "0.5"]),
+                           TrainConfig())["beta1"] == 0.5
+    with pytest.raises(SystemExit):
+        parser.parse_args([*base, "--beta1", "1.5"])
+    with pytest.raises(ValueError, match="beta1"):
+        TrainConfig(beta1=1.0)

@@ -63,8 +63,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help=f"a number, or 'auto' = {AUTO_LR_SCALE} × the model's embedding std (default for prompt "
                         f"tuning); default {m.lr} for model tuning")
     p.add_argument("--recipe", choices=sorted(RECIPES), default=None,
-                   help="named prompt-tuning settings: 'paper' = Lester et al.'s Adafactor lr 0.3 (tuned to T5's "
-                        "embedding scale); 'default' = Adafactor lr auto. --optimizer/--lr/--weight-decay override it")
+                   help="named prompt-tuning settings: 'paper' = Lester et al.'s Adafactor lr 0.3 without momentum "
+                        "(tuned to T5's embedding scale); 'default' = Adafactor lr auto, momentum 0.9. "
+                        "--optimizer/--lr/--weight-decay/--beta1 override it")
+    p.add_argument("--beta1", type=_beta1, default=None,
+                   help=f"Adafactor's momentum, a number in [0, 1) or 'none' (default {d.beta1} for prompt tuning; "
+                        "the paper recipe has none)")
     p.add_argument("--weight-decay", type=float, default=None,
                    help=f"default {d.weight_decay} (prompt tuning), {m.weight_decay} (model tuning)")
     p.add_argument("--seed", type=int, default=d.seed)
@@ -128,11 +132,26 @@ def _lr(text: str) -> float | str:
     return value
 
 
+def _beta1(text: str) -> float | str:
+    """``--beta1``: a number in [0, 1), or ``none`` (no momentum)."""
+    if text.lower() == "none":
+        return "none"
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1) or 'none', got {text!r}") from None
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1) or 'none', got {text!r}")
+    return value
+
+
 def _optimizer_args(args: argparse.Namespace, defaults: TrainConfig | ModelTuneConfig) -> dict:
-    """--optimizer/--lr/--weight-decay, each falling back to --recipe's value, then to the method's own default."""
+    """--optimizer/--lr/--weight-decay/--beta1, each falling back to --recipe's value, then to the method's own
+    default."""
     recipe = RECIPES[args.recipe] if getattr(args, "recipe", None) else {}
-    return {k: (recipe.get(k, getattr(defaults, k)) if getattr(args, k) is None else getattr(args, k))
-            for k in ("optimizer", "lr", "weight_decay")}
+    chosen = {k: (recipe.get(k, getattr(defaults, k)) if getattr(args, k, None) is None else getattr(args, k))
+              for k in ("optimizer", "lr", "weight_decay", "beta1")}
+    return {**chosen, "beta1": None if chosen["beta1"] == "none" else chosen["beta1"]}
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:

@@ -61,7 +61,8 @@ class LoopConfig:
     lr: float = 1e-3
     weight_decay: float = 0.0
     beta1: float | None = None
-    """Adafactor's first-moment (momentum) decay; None: no momentum, the paper's Adafactor (Adam keeps its own 0.9)"""
+    """Adafactor's first-moment (momentum) decay; None: no momentum, the paper's Adafactor. Adam and AdamW keep their
+    own betas (0.9, 0.999) and ignore it."""
     seed: int = 0
     """draws every step's rows (and whatever a method initialises)"""
     save_every: int = 10

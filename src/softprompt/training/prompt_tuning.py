@@ -45,6 +45,8 @@ class TrainConfig(TaskTrainConfig):
     lr: float | Literal["auto"] = "auto"
     """a step size, or "auto": AUTO_LR_SCALE × the model's consumed-embedding std (see resolve_lr)"""
     weight_decay: float = 1e-5
+    beta1: float | None = 0.9
+    """Adafactor's momentum: 0.9 by default (the step-size rule below); None is the paper's Adafactor, without"""
     prompt_length: int = 20
     """P, number of soft-prompt vectors"""
     init: str = "class-label"
@@ -86,16 +88,19 @@ class TrainResult:
 # Adafactor without parameter scaling (and Adam) moves every prompt value by about lr per step, whatever the size of
 # the gradient: the step is in the units of the embeddings, so the right lr is a fraction of their scale. The paper's
 # 0.3 suits T5, whose embeddings are large; smollm2's consumed embeddings have std 0.14 (0.3 made its loss spike),
-# Gemma 3's ~1.0 (0.3 trains well), Qwen 2.5's ~0.02 (0.3 diverged). Adafactor here has no momentum, so every step
-# is a full-size noisy step: on smollm2 at P = 5, 0.5 × std spiked the loss by 7.8 nats and 0.2 × std by 2.2, while
-# 0.1 and 0.05 × std stayed within 0.75 nats over 100 steps and reached the same loss (bench/lr_bench.py; the check on
-# every built-in model × P in {5, 20, 50, 100} is in bench/results/lr_auto_cpu.json as its cells finish).
+# Gemma 3's ~1.0 (0.3 trains well), Qwen 2.5's ~0.02 (0.3 diverged). Without momentum every step is a full-size step
+# in one batch's noisy direction, and a small constant alone did not stop late spikes: on smollm2, SST-2, P = 50,
+# 100 steps of batch 16 (bench/lr_bench.py), the largest loss jump was 1.34 nats at 0.1 × std, 1.18 at 0.05 and
+# 1.35 at 0.02, each a transient the prompt itself recovered from. With momentum 0.9 (``beta1``), which averages the
+# steps' directions, 0.1 × std stayed within the 1-nat target (bench/results/lr_auto/, checked on every built-in
+# model × P in {5, 20, 50, 100} in bench/results/lr_auto_cpu.json as its cells finish).
 AUTO_LR_SCALE = 0.1
 
 # Named recipes: settings a user asks for by name (``softprompt train --recipe paper``).
 RECIPES: dict[str, dict[str, Any]] = {
-    "default": {"optimizer": "adafactor", "lr": "auto", "weight_decay": 1e-5},
-    "paper": {"optimizer": "adafactor", "lr": 0.3, "weight_decay": 1e-5},  # Lester et al. (2021), section 3
+    "default": {"optimizer": "adafactor", "lr": "auto", "weight_decay": 1e-5, "beta1": 0.9},
+    # Lester et al. (2021), section 3: Adafactor without momentum, lr 0.3
+    "paper": {"optimizer": "adafactor", "lr": 0.3, "weight_decay": 1e-5, "beta1": None},
 }
 
 
