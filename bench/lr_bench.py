@@ -4,6 +4,12 @@ length and record each run's largest loss jump: max over t of (loss_t − min ov
 The target (the trust issue): ≤ 1 nat over 100 steps for ``lr auto`` on all four built-in models × P ∈ {5, 20, 50,
 100}. The paper's lr 0.3 runs beside it on request (``--lr 0.3 --label paper``) to show what the rule fixes.
 
+A step's loss is that of its own 16 examples, so part of any jump is batch difficulty, not the step size. Each cell
+therefore also scores its *final* prompt, held fixed, on the same batches in the same order: ``noise_floor_jump`` is
+the largest jump of that fixed prompt (what batch difficulty alone gives), and ``paired_jump`` the largest jump of
+loss_t − fixed_t (the training prompt against the fixed one on the same batch: an unstable step shows there, an
+unlucky batch does not). Cells written before these fields get them from their saved prompt on the next run.
+
 One JSON per run under ``bench/results/lr_auto/`` (a resumable cell: a finished run is skipped, a killed one
 resumes from its training checkpoint under ``runs/lr_bench/``); the summary ``bench/results/lr_auto_cpu.json``
 collects every finished cell, and ``--plot`` draws the loss curves. ``--results`` and ``--work`` move those folders
@@ -26,6 +32,7 @@ from typing import Any
 RESULTS = Path(__file__).parent / "results"
 WORK = Path(__file__).resolve().parents[1] / "runs" / "lr_bench"
 JUMP_LIMIT = 1.0  # nats
+MAX_INPUT_TOKENS = 128
 
 
 def cells_dir(results: Path) -> Path:
@@ -41,6 +48,12 @@ def cell_name(model: str, p: int, label: str) -> str:
     return f"{Path(model).name}_P{p}_{label}"
 
 
+def write_cell(path: Path, cell: dict) -> None:
+    from softprompt.core.files import atomic_write
+
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(cell, indent=1) + "\n"))
+
+
 def largest_jump(losses: list[float]) -> float:
     """max over t of (loss_t − min over s < t of loss_s); 0 for a loss that never rises above its past minimum."""
     best, jump = float("inf"), 0.0
@@ -48,6 +61,41 @@ def largest_jump(losses: list[float]) -> float:
         jump = max(jump, loss - best)
         best = min(best, loss)
     return jump
+
+
+def fixed_prompt_losses(backbone: Any, task: Any, train: list, prompt: Any, cell: dict) -> list[float]:
+    """The loss a fixed ``prompt`` [P, H] gets on each step's batch of ``cell``'s run (same rows, same order)."""
+    import torch
+
+    from softprompt.core.bank import PromptBank
+    from softprompt.core.prompted import PromptedModel
+    from softprompt.training.loop import LoopConfig, batch_indices
+    from softprompt.training.supervised import example_batches
+
+    config = LoopConfig(steps=cell["steps"], batch_size=cell["batch_size"], grad_accum=cell["grad_accum"],
+                        seed=cell["seed"])
+    pm = PromptedModel(backbone, PromptBank(prompt.unsqueeze(0).to(backbone.device)))
+    build = example_batches(backbone, task, train, MAX_INPUT_TOKENS)
+    out = []
+    with torch.no_grad():
+        for step in range(config.steps):
+            batches = build(step, [batch_indices(len(train), config.seed, step, m, config)
+                                   for m in range(config.grad_accum)])
+            # the step's mean target NLL over all its micro-batches' tokens, as the trainer's loss
+            nll = sum(float(-pm.target_logprobs(b, torch.zeros(len(b.target_lengths), dtype=torch.long))[0].sum())
+                      for b in batches)
+            out.append(nll / max(1, sum(int(b.target_lengths.sum()) for b in batches)))
+    return out
+
+
+def add_noise_floor(cell: dict, backbone: Any, task: Any, train: list, prompt_file: Path) -> dict:
+    """``cell`` with its final prompt's fixed-prompt losses and the two jumps they give (see the module doc)."""
+    from softprompt.core.promptfile import load_prompt
+
+    fixed = fixed_prompt_losses(backbone, task, train, load_prompt(prompt_file).prompt, cell)
+    return {**cell, "fixed_prompt_losses": [round(x, 5) for x in fixed],
+            "noise_floor_jump": round(largest_jump(fixed), 5),
+            "paired_jump": round(largest_jump([a - b for a, b in zip(cell["losses"], fixed, strict=True)]), 5)}
 
 
 def run_cell(model: str, p: int, args: argparse.Namespace, backbone: Any, task: Any, train: list) -> dict:
@@ -59,8 +107,8 @@ def run_cell(model: str, p: int, args: argparse.Namespace, backbone: Any, task: 
     lr: float | str = args.lr if args.lr == "auto" else float(args.lr)
     beta1 = {} if args.beta1 is None else {"beta1": None if args.beta1 == "none" else float(args.beta1)}
     config = TrainConfig(steps=args.steps, batch_size=args.batch_size, grad_accum=args.grad_accum, prompt_length=p,
-                         init=args.init, lr=lr, **beta1, seed=args.seed, eval_every=0, max_input_tokens=128,
-                         save_every=10)
+                         init=args.init, lr=lr, **beta1, seed=args.seed, eval_every=0,
+                         max_input_tokens=MAX_INPUT_TOKENS, save_every=10)
     out = args.work / f"{cell_name(model, p, args.label)}.safetensors"
     load_before = load_average()
     t0 = time.perf_counter()
@@ -69,7 +117,7 @@ def run_cell(model: str, p: int, args: argparse.Namespace, backbone: Any, task: 
     seconds = time.perf_counter() - t0
     log = [json.loads(line) for line in out.with_suffix(".metrics.jsonl").read_text().splitlines() if line.strip()]
     losses = [r["loss"] for r in sorted(log, key=lambda r: r["step"]) if "loss" in r]
-    return {
+    cell = {
         "model": model, "prompt_length": p, "label": args.label, "lr_setting": args.lr,
         "lr": resolve_lr(config, backbone), "embedding_std": backbone.embedding_std(), "init": args.init,
         "steps": len(losses), "batch_size": args.batch_size, "grad_accum": args.grad_accum, "beta1": config.beta1,
@@ -80,19 +128,25 @@ def run_cell(model: str, p: int, args: argparse.Namespace, backbone: Any, task: 
         "seconds": round(seconds, 1), "seconds_per_step": round(seconds / max(1, len(losses)), 3),
         "load_average_before": load_before, **provenance(),
     }
+    return add_noise_floor(cell, backbone, task, train, out)
 
 
 def summarize(results: Path) -> dict:
     cells = [json.loads(p.read_text()) for p in sorted(cells_dir(results).glob("*.json"))]
     rows = [{k: c[k] for k in ("model", "prompt_length", "label", "lr", "embedding_std", "steps", "largest_jump",
-                               "first_loss", "last10_mean_loss", "seconds_per_step")} for c in cells]
+                               "first_loss", "last10_mean_loss", "seconds_per_step")}
+            | {k: c.get(k) for k in ("noise_floor_jump", "paired_jump")} for c in cells]
     auto = [r for r in rows if r["label"] == "auto"]
+    paired = [r["paired_jump"] for r in auto if r["paired_jump"] is not None]
     summary = {
         "what": "largest loss jump (nats) of SST-2 prompt tuning, per model and prompt length; target <= 1 for lr auto",
         "jump_limit": JUMP_LIMIT,
         "auto_all_within_limit": bool(auto) and all(r["largest_jump"] <= JUMP_LIMIT for r in auto),
         "auto_runs": len(auto),
         "auto_worst_jump": max((r["largest_jump"] for r in auto), default=None),
+        "auto_worst_noise_floor_jump": max((r["noise_floor_jump"] or 0 for r in auto), default=None),
+        "auto_paired_all_within_limit": bool(paired) and len(paired) == len(auto) and max(paired) <= JUMP_LIMIT,
+        "auto_worst_paired_jump": max(paired, default=None),
         "runs": rows,
     }
     summary_path(results).write_text(json.dumps(summary, indent=2) + "\n")
@@ -149,7 +203,6 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         from softprompt.core.backbone import load_backbone
-        from softprompt.core.files import atomic_write
         from softprompt.tasks import get_task
 
         torch.set_num_threads(args.threads)
@@ -158,16 +211,26 @@ def main(argv: list[str] | None = None) -> int:
         cells = cells_dir(args.results)
         cells.mkdir(parents=True, exist_ok=True)
         for model in args.models:
-            todo = [p for p in args.prompt_lengths if not (cells / f"{cell_name(model, p, args.label)}.json").is_file()]
-            if not todo:
+            names = {p: cells / f"{cell_name(model, p, args.label)}.json" for p in args.prompt_lengths}
+            todo = [p for p, f in names.items() if not f.is_file()]
+            # finished cells from before the noise floor, whose prompt is still here
+            floors = [p for p, f in names.items() if f.is_file() and "noise_floor_jump" not in json.loads(f.read_text())
+                      and (args.work / f"{f.stem}.safetensors").is_file()]
+            if not todo and not floors:
                 continue
             backbone = load_backbone(model)
+            for p in floors:
+                cell = add_noise_floor(json.loads(names[p].read_text()), backbone, task, train,
+                                       args.work / f"{names[p].stem}.safetensors")
+                write_cell(names[p], cell)
+                print(f"{model} P={p} {args.label}: noise floor {cell['noise_floor_jump']:.3f}, paired jump "
+                      f"{cell['paired_jump']:.3f} nats", flush=True)
             for p in todo:
                 cell = run_cell(model, p, args, backbone, task, train)
-                atomic_write(cells / f"{cell_name(model, p, args.label)}.json",
-                             lambda tmp, cell=cell: Path(tmp).write_text(json.dumps(cell, indent=1) + "\n"))
+                write_cell(names[p], cell)
                 print(f"{model} P={p} {args.label}: lr {cell['lr']:.4g}, largest jump {cell['largest_jump']:.3f} "
-                      f"nats, {cell['seconds_per_step']:.2f} s/step", flush=True)
+                      f"nats (noise floor {cell['noise_floor_jump']:.3f}, paired {cell['paired_jump']:.3f}), "
+                      f"{cell['seconds_per_step']:.2f} s/step", flush=True)
             del backbone
     summary = summarize(args.results)
     if args.plot:

@@ -68,6 +68,20 @@ def test_lr_bench(tiny_dirs: dict[str, Path], tmp_path: Path) -> None:
     assert bench.main([*argv, "--plot", str(tmp_path / "lr.png")]) == 0
     assert (tmp_path / "r" / "lr_auto" / "llama_P2_auto.json").read_text() == before
     assert (tmp_path / "lr.png").stat().st_size > 0
+    # The noise floor scores the final prompt on the run's own batches: at lr 1e-12 the prompt does not move, so the
+    # training losses are the fixed prompt's, and the paired jump is zero (grad_accum 2: the same rows).
+    still = [*argv[:4], *argv[5:], "--lr", "1e-12", "--label", "still", "--grad-accum", "2"]
+    assert bench.main(still) == 0
+    cell = json.loads((tmp_path / "r" / "lr_auto" / "llama_P2_still.json").read_text())
+    assert cell["fixed_prompt_losses"] == pytest.approx(cell["losses"], abs=1e-4)
+    assert cell["noise_floor_jump"] == pytest.approx(cell["largest_jump"], abs=1e-4) and cell["paired_jump"] < 1e-4
+    # A cell written before the noise floor gets it from its saved prompt on the next run, and nothing else changes.
+    path = tmp_path / "r" / "lr_auto" / "llama_P3_auto.json"
+    full = json.loads(path.read_text())
+    path.write_text(json.dumps({k: v for k, v in full.items()
+                                if k not in ("fixed_prompt_losses", "noise_floor_jump", "paired_jump")}))
+    assert bench.main(argv) == 0
+    assert json.loads(path.read_text()) == full
 
 
 def test_train_step_bench(tiny_dirs: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -91,10 +91,42 @@ def test_a_grid_runs_the_peer_beside_prompt_tuning(root: Path, tmp_path: Path) -
     text = write_report(config).read_text()
     assert "| peft-prompt-tuning | P=2, class-label |" in text
     assert (config.report_path / "score_vs_size.png").is_file()
-    # No resume of its own: a lost peer cell trains again (from step 0), and nothing else does.
+    # A lost peer record is rebuilt from the cell's finished checkpoint (no step is taken again), nothing else runs.
+    before = json.loads(cell_path(config, peers[1]).read_text())
     cell_path(config, peers[1]).unlink()
     again = run_experiment(config, log=lambda _: None)
     assert again.ran == [peers[1].id] and len(again.skipped) == 7
+    after = json.loads(cell_path(config, peers[1]).read_text())
+    assert after["train"]["losses"] == before["train"]["losses"] and after["metrics"] == before["metrics"]
+
+
+def test_a_killed_peer_resumes_exactly(root: Path, tmp_path: Path) -> None:
+    """The peer's steps are the training loop's: a run stopped at step 2 and resumed to 4 is the 4-step run."""
+    from softprompt.core.backbone import load_backbone
+    from softprompt.tasks import get_task
+
+    backbone = load_backbone(str(root / "tiny-small"))
+    task = get_task(str(root / "toy" / "toy.yaml"))
+    train = task.examples("train")
+    selection = task.examples("validation")[:4]
+    config = TrainConfig(steps=4, batch_size=4, grad_accum=2, prompt_length=2, eval_every=2, save_every=1)
+    whole = peft_prompt_tuning.tune_peft_prompt(backbone, task, train, config, tmp_path / "whole.safetensors",
+                                                selection=selection)
+    short = TrainConfig(**{**config.__dict__, "steps": 2})
+    peft_prompt_tuning.tune_peft_prompt(backbone, task, train, short, tmp_path / "cut.safetensors",
+                                        selection=selection)
+    resumed = peft_prompt_tuning.tune_peft_prompt(backbone, task, train, config, tmp_path / "cut.safetensors",
+                                                  selection=selection, resume=True)
+    assert resumed.losses == whole.losses and len(whole.losses) == 4
+    assert resumed.history == whole.history and resumed.metrics == whole.metrics
+    assert torch.equal(resumed.prompt, whole.prompt)
+    # A prompt-tuning checkpoint is not the peer's: refused, not half-resumed.
+    from softprompt.training.prompt_tuning import train_prompt
+
+    train_prompt(backbone, task, train, short, tmp_path / "pt.safetensors", progress=False)
+    with pytest.raises(ValueError, match="not a PEFT prompt-tuning checkpoint"):
+        peft_prompt_tuning.tune_peft_prompt(backbone, task, train, short, tmp_path / "pt.safetensors",
+                                            resume=True)
 
 
 @pytest.mark.parametrize(("optimizer", "lr", "grad_accum"), [("adafactor", "auto", 1), ("adam", 0.05, 2)])

@@ -207,9 +207,9 @@ def run_cell(config: ExperimentConfig, cell: Cell, backbone: Backbone, data: _Da
     settings = method_settings(config, cell)
     if cell.method == "peft-prompt-tuning" and isinstance(settings, TrainConfig):
         train, selection, selection_info = data.training(cell.train_task, settings.eval_every, settings.eval_limit)
-        # No resume: a killed cell trains again from step 0 (its record exists only once it is complete).
+        # Its resume checkpoint lies beside the cells, as a prompt-tuning cell's: a killed cell continues where it was.
         peer = tune_peft_prompt(backbone, train_task, train, settings, prompt_path(config, cell),
-                                selection=selection, progress=progress)
+                                selection=selection, resume=True, progress=progress)
         pm = PromptedModel(backbone, PromptBank(peer.prompt.unsqueeze(0)))
         train_metrics = {**peer.metrics, "losses": peer.losses, "history": peer.history}
         extra = {"loss_first": peer.losses[0], "loss_last": peer.losses[-1], "peft": peer.peft}

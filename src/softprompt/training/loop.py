@@ -149,6 +149,10 @@ class Trainable:
     """the progress bar's label"""
     scaler: torch.amp.GradScaler | None = None
     """fp16 weights: the dynamic loss scaler (skips steps whose gradients overflow)"""
+    step_loss: Callable[[list[Batch]], float] | None = None
+    """a method whose own forward takes the loss (the PEFT peer's model): backpropagates a step's mean target NLL
+    over its micro-batches into ``params`` (:func:`softprompt.training.steploss.step_token_count` weights them) and
+    returns it; None: :func:`softprompt.training.steploss.backward_step` on ``model``. Single process only."""
 
 
 @dataclass
@@ -248,6 +252,8 @@ def train_loop(job: Trainable, config: LoopConfig, files: RunFiles | None, *, st
     arguments; only the main process writes.
     """
     main = dist is None or dist.is_main
+    if job.step_loss is not None and (dist is not None or job.scaler is not None):
+        raise ValueError("a method's own step loss trains in one process without a loss scaler")
     optimizer = make_optimizer(config, list(job.params.values()), job.lr)
     state, best = TrainState(), None
     if start is not None:
@@ -271,8 +277,9 @@ def train_loop(job: Trainable, config: LoopConfig, files: RunFiles | None, *, st
             for micro in range(config.grad_accum):
                 indices = batch_indices(job.rows, config.seed, step, micro, config)
                 rows.append(indices if dist is None else dist.shard(indices))
-            loss = backward_step(job.model, job.batches(step, rows), scaler=job.scaler, dist=dist,
-                                 params=list(job.params.values()))
+            batches = job.batches(step, rows)
+            loss = job.step_loss(batches) if job.step_loss is not None else \
+                backward_step(job.model, batches, scaler=job.scaler, dist=dist, params=list(job.params.values()))
             if job.scaler is None:
                 optimizer.step()
             else:  # skips the step (and lowers the scale) when fp16 gradients overflowed

@@ -14,13 +14,24 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from softprompt.core.prompted import PromptedModel
 from softprompt.core.tokenize import Batch
 
 if TYPE_CHECKING:
     from softprompt.training.distributed import DistContext
+
+
+def step_token_count(batches: Sequence[Batch], device: torch.device, dist: DistContext | None = None) -> Tensor:
+    """The step's target tokens over all its micro-batches (and processes), at least 1: what a step's loss divides by.
+
+    Batch.target_lengths counts exactly the tokens a target log-prob masks in, so no forward is needed to count.
+    """
+    count = torch.stack([b.target_lengths.sum() for b in batches]).sum().to(device=device, dtype=torch.float32)
+    if dist is not None:
+        dist.all_reduce_sum(count)
+    return count.clamp(min=1)
 
 
 def backward_step(pm: PromptedModel, batches: Sequence[Batch], *, scaler: torch.amp.GradScaler | None = None,
@@ -34,11 +45,7 @@ def backward_step(pm: PromptedModel, batches: Sequence[Batch], *, scaler: torch.
     gradients are those of the scaled loss; ``scaler.step`` unscales them.
     """
     device = pm.backbone.device
-    # Batch.target_lengths counts exactly the tokens target_logprobs masks in, so no forward is needed to count.
-    count = torch.stack([b.target_lengths.sum() for b in batches]).sum().to(device=device, dtype=torch.float32)
-    if dist is not None:
-        dist.all_reduce_sum(count)
-    count = count.clamp(min=1)
+    count = step_token_count(batches, device, dist)
     total = torch.zeros((), device=device)
     for batch in batches:
         logp, _ = pm.target_logprobs(batch, torch.zeros(len(batch.target_lengths), dtype=torch.long))

@@ -7,9 +7,10 @@ the backbone's weights (PEFT wraps a frozen copy; the caller's backbone is never
 (:func:`softprompt.training.supervised.example_batches`, i.e. ``make_batch``: PEFT's causal-LM forward takes
 ``input_ids``, ``attention_mask`` and ``labels`` with -100 off the target), a step's loss over micro-batches (each
 micro-batch's mean weighted by its share of the step's target tokens, as ``steploss.backward_step`` weights them), the
-optimizer (:func:`softprompt.training.loop.make_optimizer` with the grid's ``prompt_tuning`` settings, lr "auto"
-resolved by :func:`softprompt.training.prompt_tuning.resolve_lr`), selection (the task's metric on the same slice, by
-``evaluate``, every ``eval_every`` steps and at the last) and the evaluation of the result.
+training loop and its optimizer (:func:`softprompt.training.loop.train_loop`, ``make_optimizer`` with the grid's
+``prompt_tuning`` settings, lr "auto" resolved by :func:`softprompt.training.prompt_tuning.resolve_lr`), selection
+(the task's metric on the same slice, by ``evaluate``, every ``eval_every`` steps and at the last) and the
+evaluation of the result.
 
 What is PEFT's: the prompt parameter and its initialisation, the forward (its splice: the prompt prepended to
 ``word_embeddings(input_ids)``, an all-ones prompt mask, -100 labels on the prompt) and the loss (the model's own).
@@ -33,10 +34,11 @@ differs in detail, and the cell records what it ran (``peft.prompt_tuning_init``
   ±0.5 scale, so a cell named ``uniform`` would not be what it says. Residual reparameterisation
   (``prompt_tuning.reparam``) is refused too: PEFT's prompt tuning has none.
 
-A cell keeps nothing to resume from: a killed cell trains again from step 0 on the rerun (its record is written
-only once it is complete). Files, beside the prompt-tuning cells': ``<cell id>.peft/`` (PEFT's adapter folder,
-``save_pretrained``) and ``<cell id>.safetensors`` (that adapter read back by
-:func:`softprompt.core.peft_interop.read_peft` and written as a softprompt prompt file: what is evaluated).
+The steps are taken by softprompt's one training loop (:mod:`softprompt.training.loop`) with PEFT's forward as the
+step's loss, so a killed cell resumes from its checkpoint exactly as a prompt-tuning cell does. Files, beside the
+prompt-tuning cells': ``<cell id>.ckpt.safetensors`` and ``<cell id>.metrics.jsonl`` (the loop's),
+``<cell id>.peft/`` (PEFT's adapter folder, ``save_pretrained``) and ``<cell id>.safetensors`` (that adapter read
+back by :func:`softprompt.core.peft_interop.read_peft` and written as a softprompt prompt file: what is evaluated).
 """
 
 from __future__ import annotations
@@ -50,17 +52,21 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from softprompt.core.backbone import Backbone
 from softprompt.core.bank import PromptBank
 from softprompt.core.files import atomic_write_dir
 from softprompt.core.peft_interop import import_prompt, read_peft
 from softprompt.core.prompted import PromptedModel
+from softprompt.core.tokenize import Batch
 from softprompt.tasks.base import Example, Task
-from softprompt.training.loop import batch_indices, make_optimizer
+from softprompt.training.loop import RunFiles, Selection, Trainable, start_run, train_loop
 from softprompt.training.prompt_tuning import TrainConfig, resolve_lr
+from softprompt.training.steploss import step_token_count
 from softprompt.training.supervised import example_batches, task_selection
+
+PEFT_PARAM = "peft_prompt"
+"""the checkpoint's name for PEFT's prompt weight (not prompt tuning's, so neither resumes from the other's)"""
 
 PEFT_INITS: dict[str, str] = {"class-label": "TEXT", "text": "TEXT", "sampled-vocab": "SAMPLE_VOCAB"}
 """softprompt init → PEFT ``PromptTuningInit`` (the module docstring says how each differs); others are refused"""
@@ -142,16 +148,22 @@ def tune_peft_prompt(
     out: Path,
     *,
     selection: list[Example] | None = None,
+    resume: bool = False,
     progress: bool = False,
 ) -> PeftResult:
     """Train PEFT's prompt tuning on a frozen copy of ``backbone`` (module docstring); write the adapter to
-    ``out.with_suffix(".peft")`` and the selected prompt as a softprompt file ``out``."""
+    ``out.with_suffix(".peft")`` and the selected prompt as a softprompt file ``out``. The steps are softprompt's
+    training loop's (:func:`softprompt.training.loop.train_loop`), so a ``resume`` continues a killed run exactly."""
     import peft
 
     if not train_examples:
         raise ValueError("no training examples")
     init, text = peft_init(task, config)
-    torch.manual_seed(config.seed)  # PEFT initialises from torch's global RNG (SAMPLE_VOCAB's ids, RANDOM's rows)
+    files = RunFiles.named(Path(out).with_suffix(""))
+    # Seeds torch's global RNG, from which PEFT initialises (SAMPLE_VOCAB's ids, RANDOM's rows).
+    start = start_run(config, files, resume)
+    if start is not None and PEFT_PARAM not in start.params:
+        raise ValueError(f"{files.checkpoint} is not a PEFT prompt-tuning checkpoint; delete it to start over")
     with tempfile.TemporaryDirectory() as tokenizer_dir:
         # PEFT's TEXT init loads a tokenizer by name: the backbone's own, whatever the backbone was loaded from.
         backbone.tokenizer.save_pretrained(tokenizer_dir)
@@ -166,39 +178,41 @@ def tune_peft_prompt(
     model.eval()  # no dropout, as softprompt's frozen backbone
     weight = model.prompt_encoder["default"].embedding.weight  # [P, H], what trains
     lr = resolve_lr(config, backbone)
-    optimizer = make_optimizer(config, [weight], lr)
-    build = example_batches(backbone, task, train_examples, config.max_input_tokens)
-    # Selection scores the current prompt through softprompt's evaluate, as a prompt-tuning cell's selection does.
-    scorer = PromptedModel(backbone, PromptBank(weight.detach().unsqueeze(0)))
-    chooser = task_selection(scorer, task, selection, config)
-    losses: list[float] = []
-    history: list[dict[str, Any]] = []
-    best_metric, best_step, best = None, None, None
     device = backbone.device
-    for step in tqdm(range(config.steps), desc=f"peft {task.name}", unit="step", disable=not progress):
-        optimizer.zero_grad(set_to_none=True)
-        batches = build(step, [batch_indices(len(train_examples), config.seed, step, micro, config)
-                               for micro in range(config.grad_accum)])
-        count = sum(int(b.target_lengths.sum()) for b in batches)
+
+    def step_loss(batches: list[Batch]) -> float:
+        count = float(step_token_count(batches, device))
         total = 0.0
         for batch in batches:
+            tokens = int(batch.target_lengths.sum())
+            if not tokens:  # PEFT's mean over no tokens is NaN; such a micro-batch adds nothing to the step
+                continue
             batch = batch.to(device)
             # PEFT's loss is its micro-batch's mean over target tokens; weighted by the micro-batch's share of the
             # step's tokens, the step's loss is the mean over all of them (softprompt's steploss rule).
             loss = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, labels=batch.labels).loss
-            loss = loss * (int(batch.target_lengths.sum()) / count)
+            loss = loss * (tokens / count)
             loss.backward()
             total += float(loss.detach())
-        optimizer.step()
-        losses.append(total)
-        done = step + 1
-        if chooser is not None and ((chooser.every and done % chooser.every == 0) or done == config.steps):
-            with torch.no_grad():
-                scorer.bank.weight.copy_(weight.detach().unsqueeze(0))
-                scores = chooser.evaluate()
-            history.append({"step": done, **scores})
-            if best_metric is None or scores[chooser.metric] > best_metric:
-                best_metric, best_step, best = scores[chooser.metric], done, weight.detach().clone()
+        return total
+
+    # Selection scores the current prompt through softprompt's evaluate, as a prompt-tuning cell's selection does.
+    scorer = PromptedModel(backbone, PromptBank(weight.detach().clone().unsqueeze(0)))
+    chooser = task_selection(scorer, task, selection, config)
+
+    def scores() -> dict[str, float]:
+        assert chooser is not None
+        scorer.bank.weight.copy_(weight.detach().unsqueeze(0))
+        return chooser.evaluate()
+
+    job = Trainable(scorer, {PEFT_PARAM: weight}, len(train_examples),
+                    example_batches(backbone, task, train_examples, config.max_input_tokens),
+                    snapshot=lambda: {"prompt": weight.detach().clone()}, lr=lr, desc=f"peft {task.name}",
+                    step_loss=step_loss)
+    done = train_loop(job, config, files, start=start, progress=progress,
+                      selection=None if chooser is None else Selection(scores, chooser.metric, chooser.every))
+    state = done.state
+    best = None if done.best is None else done.best["prompt"]
     if best is not None:
         with torch.no_grad():
             weight.copy_(best)  # the adapter PEFT saves is the selected step's
@@ -208,14 +222,14 @@ def tune_peft_prompt(
               **{k: v for k, v in json_config(pconfig).items()
                  if k in ("task_type", "num_virtual_tokens", "num_transformer_submodules", "prompt_tuning_init",
                           "prompt_tuning_init_text", "tokenizer_name_or_path")}}
-    metrics: dict[str, Any] = {"steps": config.steps, "lr": lr}
-    if best_metric is not None:
-        metrics.update({f"best_selection_{task.primary_metric}": best_metric, "best_step": best_step})
+    metrics: dict[str, Any] = {"steps": state.step, "lr": lr}
+    if state.best_metric is not None:
+        metrics.update({f"best_selection_{task.primary_metric}": state.best_metric, "best_step": state.best_step})
     prompt, _ = read_peft(adapter)
     pf = import_prompt(prompt, backbone, out, source=str(adapter),
                        extra={"method": "peft-prompt-tuning", "task": task.name, "peft": record,
                               "train_config": asdict(config), "metrics": metrics})
-    return PeftResult(pf.prompt, losses, metrics, history, record)
+    return PeftResult(pf.prompt, list(state.losses), metrics, list(state.history), record)
 
 
 def json_config(pconfig: Any) -> dict[str, Any]:
