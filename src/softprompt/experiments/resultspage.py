@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from softprompt.core.files import atomic_write
+from softprompt.experiments.campaignpage import campaign_section, draw_figure
 from softprompt.experiments.ensemblepage import ensemble_chose_nothing, ensemble_runs, ensembles_section
 from softprompt.experiments.grid import slug
 from softprompt.experiments.records import COMMAND, Records, fmt, pct_or_blank, values
@@ -437,6 +438,7 @@ def render(root: str | Path = ".") -> str:
     for path in sorted((rec.root / "results").glob("sst2_*.json")):
         lines += sst2_section(rec, path)
     lines += comparison_section(rec, "paper_cpu")
+    lines += campaign_section(rec)
     lines += reading_section(rec)
     lines += ablation_section(rec, "ablation_length_cpu", "prompt_length", "Prompt length ablation")
     lines += ablation_section(rec, "ablation_init_cpu", "init", "Initialisation ablation")
@@ -453,6 +455,7 @@ def render(root: str | Path = ".") -> str:
 def write_page(root: str | Path = ".", out: str | Path | None = None) -> Path:
     """Write :func:`render`'s page to ``out`` (default: ``<root>/docs/results.md``); returns its path."""
     path = Path(out) if out is not None else Path(root) / PAGE
+    draw_figure(Records(root))  # the campaign's Figure 1, which the page links when it exists
     text = render(root)
     atomic_write(path, lambda tmp: Path(tmp).write_text(text))
     return path

@@ -1,0 +1,293 @@
+"""The scale campaign's section of the results page (``configs/scale_campaign.yaml``): the paper's Figure 1 on the
+built-in model sizes, the recipe comparison, the PEFT side-by-side and the prompt-tuning − model-tuning gap, each
+quality bar of the campaign checked from the cells alone.
+
+A cell's *recipe* is what trained it: prompt design, prompt tuning at the grid's settings ("vanilla": lr auto),
+a named variant of it (``variants``: the residual reparameterisation, the paper's recipe), a transfer cell (its
+prompt initialised from a source task's), model tuning, or PEFT's prompt tuning. The reported tasks are those with a
+prompt-design cell (a transfer source such as RTE is only trained on). Scores are means over the seeds that ran,
+± their sample standard deviation.
+
+The *best new recipe* of a (size, task) is chosen among the new recipes (the variants but the paper's, and transfer)
+by the score on the selection slice held out from train (``best_selection_<metric>`` in the cell), never by the
+reported score; the bar compares its reported score, averaged over the reported tasks, with vanilla prompt tuning's.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import statistics
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from softprompt.core.files import atomic_write
+from softprompt.experiments.grid import slug
+from softprompt.experiments.records import COMMAND, Records
+from softprompt.experiments.report import _human
+
+CAMPAIGN = "scale_campaign"
+FIGURE = "figure1.png"
+RECIPE_MARGIN = 5.0
+"""points the best new recipe must gain over vanilla prompt tuning, averaged over the tasks, on the smallest sizes"""
+RECIPE_SIZES = 2
+"""how many of the smallest sizes that bar is checked on"""
+PEFT_POOLED_SDS = 2.0
+"""|softprompt − PEFT| must stay within this many pooled standard deviations (over at least PEFT_MIN_SEEDS seeds)"""
+PEFT_MIN_SEEDS = 3
+PAPER = "paper"
+"""the variant that is the paper's recipe (shown beside the others, never a new recipe)"""
+
+VANILLA, DESIGN, MODEL, PEER = "PT", "PD", "MT", "PEFT PT"
+INTRO = ("Score: each task's primary metric on its validation split, ×100, mean ± sample standard deviation over "
+         "seeds where more than one ran. PD = zero-shot prompt design, PT = prompt tuning at the default "
+         "(scale-aware) step size, `PT <variant>` = a variant of it, `PT from <task>` = its prompt initialised from "
+         "that task's, MT = model tuning, PEFT PT = PEFT's own prompt tuning at the same budget. Every tuned cell "
+         "kept its best step by the selection slice held out from train.")
+
+
+def recipe(cell: dict[str, Any]) -> str:
+    """The recipe label of a cell (the module docstring)."""
+    method, c = cell["method"], cell["cell"]
+    if method == "prompt-tuning":
+        if c["init"].startswith("from:"):
+            return f"PT from {slug(c['init'].removeprefix('from:'))}"
+        return f"PT {c['variant']}" if c.get("variant") else VANILLA
+    return {"prompt-design": DESIGN, "model-tuning": MODEL, "peft-prompt-tuning": PEER}[method]
+
+
+def is_new(name: str) -> bool:
+    return name.startswith("PT ") and name != f"PT {PAPER}"
+
+
+def mean_sd(xs: list[float]) -> tuple[float, float | None]:
+    return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else None)
+
+
+def show(xs: list[float] | None) -> str:
+    """``mean ± sd (n seeds)``, one seed as its score, nothing as a blank."""
+    if not xs:
+        return ""
+    m, sd = mean_sd(xs)
+    return f"{m:.1f}" if sd is None else f"{m:.1f} ± {sd:.1f} (n={len(xs)})"
+
+
+class Campaign:
+    """The campaign's cells, indexed by (model, reported task, recipe)."""
+
+    def __init__(self, rec: Records, name: str = CAMPAIGN) -> None:
+        self.rec, self.name = rec, name
+        self.cells = [c for c in rec.cells(name) if c["cell"]["train_task"] == c["cell"]["eval_task"]
+                      or c["method"] == "prompt-tuning"]
+        by_size = sorted(self.cells, key=lambda c: c["model"]["parameters"])
+        self.models = list(dict.fromkeys(c["cell"]["model"] for c in by_size))
+        self.params = {c["cell"]["model"]: c["model"]["parameters"] for c in self.cells}
+        self.tasks = list(dict.fromkeys(c["cell"]["eval_task"] for c in self.cells if c["method"] == "prompt-design"))
+        self.scores: dict[tuple[str, str, str], list[float]] = defaultdict(list)
+        self.selected: dict[tuple[str, str, str], list[float]] = defaultdict(list)
+        self.step_seconds: dict[tuple[str, str, str], list[float]] = defaultdict(list)
+        for c in self.cells:
+            key = (c["cell"]["model"], c["cell"]["eval_task"], recipe(c))
+            self.scores[key].append(100 * c["score"])
+            sel = (c.get("train") or {}).get(f"best_selection_{c['metric']}")
+            if sel is not None:
+                self.selected[key].append(100 * sel)
+            if c.get("train_seconds") and (c.get("train") or {}).get("steps"):
+                self.step_seconds[key].append(c["train_seconds"] / c["train"]["steps"])
+        order = [DESIGN, VANILLA, *sorted({r for *_, r in self.scores if r.startswith("PT ")}), MODEL, PEER]
+        self.recipes = [r for r in order if any(k[2] == r for k in self.scores)]
+        self.floors = {t: rec.cell_floor(next(c for c in self.cells if c["cell"]["eval_task"] == t))
+                       for t in self.tasks}
+
+    def size(self, model: str) -> str:
+        return _human(self.params[model])
+
+    def mean(self, model: str, task: str, name: str) -> float | None:
+        xs = self.scores.get((model, task, name))
+        return statistics.fmean(xs) if xs else None
+
+    def task_average(self, model: str, name: str, tasks: list[str] | None = None) -> float | None:
+        """The recipe's mean score over ``tasks`` (default: every reported task) on ``model``; None if one is
+        missing."""
+        means = [self.mean(model, t, name) for t in (tasks or self.tasks)]
+        return None if not means or any(m is None for m in means) else statistics.fmean(means)  # type: ignore[arg-type]
+
+    def best_new(self, model: str, task: str) -> str | None:
+        """The new recipe with the best selection score on (model, task); None if none has one."""
+        scored = [(statistics.fmean(self.selected[model, task, r]), r) for r in self.recipes
+                  if is_new(r) and self.selected.get((model, task, r)) and (model, task, r) in self.scores]
+        return max(scored)[1] if scored else None
+
+
+# ---------------------------------------------------------------------------------------------------------- figure
+
+
+def draw_figure(rec: Records, name: str = CAMPAIGN) -> Path | None:
+    """Figure 1: score vs model parameters (log axis) per recipe, averaged over the reported tasks and per task, the
+    majority floor dashed; to ``docs/results/<name>/figure1.png``. None when the campaign has no cells."""
+    camp = Campaign(rec, name)
+    if not camp.cells or not camp.tasks:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = ["average", *camp.tasks]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.6), dpi=110, squeeze=False, sharey=True)
+    for ax, panel in zip(axes[0], panels, strict=True):
+        for r in camp.recipes:
+            points = []
+            for m in camp.models:
+                if panel == "average":
+                    y, sd = camp.task_average(m, r), None
+                else:
+                    xs = camp.scores.get((m, panel, r))
+                    y, sd = mean_sd(xs) if xs else (None, None)
+                if y is not None:
+                    points.append((camp.params[m], y, sd or 0.0))
+            if points:
+                xs_, ys, sds = zip(*points, strict=True)
+                ax.errorbar(xs_, ys, yerr=sds, marker="o", capsize=3, label=r,
+                            linestyle="-" if r in (VANILLA, DESIGN, MODEL) else "--")
+        known = [camp.floors[t] for t in camp.tasks if camp.floors[t] is not None]
+        floor = camp.floors.get(panel) if panel != "average" else \
+            (statistics.fmean(known) if len(known) == len(camp.tasks) else None)
+        if floor is not None:
+            ax.axhline(floor, color="grey", linestyle=":", label="majority")
+        ax.set_xscale("log")
+        ax.set_xticks([camp.params[m] for m in camp.models], [camp.size(m) for m in camp.models])
+        ax.minorticks_off()
+        ax.set_title(panel if panel == "average" else slug(panel))
+        ax.set_xlabel("model parameters")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("score (%)")
+    axes[0][-1].legend(fontsize=7)
+    fig.tight_layout()
+    path = rec.root / "docs" / "results" / name / FIGURE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+    plt.close(fig)
+    return path
+
+
+# --------------------------------------------------------------------------------------------------------- section
+
+
+def campaign_section(rec: Records, name: str = CAMPAIGN) -> list[str]:
+    """The campaign's tables and its quality bars (the module docstring), from its committed cells."""
+    camp = Campaign(rec, name)
+    if not camp.cells or not camp.tasks:
+        return []
+    sizes = [camp.size(m) for m in camp.models]
+    lines = [f"## Figure 1 on {len(camp.models)} model sizes (`configs/{name}.yaml`)", "",
+             f"{len(camp.cells)} cells so far. " + INTRO, ""]
+    lines += ["| task | recipe | " + " | ".join(sizes) + " | majority |", "|---|---|" + "---|" * (len(sizes) + 1)]
+    for t in camp.tasks:
+        for r in camp.recipes:
+            row = [show(camp.scores.get((m, t, r))) for m in camp.models]
+            if any(row):
+                floor = "" if camp.floors[t] is None else f"{camp.floors[t]:.1f}"
+                lines.append(f"| {slug(t)} | {r} | " + " | ".join(row) + f" | {floor} |")
+    for r in camp.recipes:
+        row = [camp.task_average(m, r) for m in camp.models]
+        if any(x is not None for x in row):
+            lines.append(f"| **average** | {r} | " + " | ".join("" if x is None else f"{x:.1f}" for x in row) + " | |")
+    figure = rec.root / "docs" / "results" / name / FIGURE
+    if figure.is_file():
+        lines += ["", f"![Figure 1: score vs model size, {name}](results/{name}/{FIGURE})"]
+    lines += ["", *recipe_lines(camp), "", *peer_lines(camp), "", *gap_lines(camp), "",
+              f"Reproduce: `softprompt experiment configs/{name}.yaml --output results` (resumable; about a day of "
+              f"CPU in all), then `{COMMAND}`.", ""]
+    return lines
+
+
+def recipe_lines(camp: Campaign) -> list[str]:
+    """Vanilla vs each new recipe per size, and the bar: the best new recipe (chosen on selection scores)."""
+    news = [r for r in camp.recipes if is_new(r)]
+    if not news:
+        return []
+    shown = [*news, *[r for r in camp.recipes if r == f"PT {PAPER}"]]
+    out = ["**Recipes.** Δ = recipe − vanilla PT, mean over the reported tasks both ran (points). The best new recipe "
+           "of each task is chosen by its selection score (held-out train), not by the reported score.", "",
+           "| size | " + " | ".join(f"{r} Δ" for r in shown) + " | best new recipe Δ (chosen per task) |",
+           "|---|" + "---|" * (len(shown) + 1)]
+    bars = []
+    for m in camp.models:
+        cells = []
+        for r in shown:
+            both = [t for t in camp.tasks if camp.mean(m, t, r) is not None and camp.mean(m, t, VANILLA) is not None]
+            delta = [camp.mean(m, t, r) - camp.mean(m, t, VANILLA) for t in both]  # type: ignore[operator]
+            cells.append(f"{statistics.fmean(delta):+.1f} ({len(both)} tasks)" if delta else "")
+        chosen = {t: camp.best_new(m, t) for t in camp.tasks}
+        complete = all(chosen.values()) and camp.task_average(m, VANILLA) is not None
+        if complete:
+            best = statistics.fmean(camp.mean(m, t, chosen[t]) for t in camp.tasks)  # type: ignore[misc]
+            gain = best - camp.task_average(m, VANILLA)  # type: ignore[operator]
+            picks = ", ".join(f"{slug(t)}: {chosen[t]}" for t in camp.tasks)
+            cells.append(f"{gain:+.1f} ({picks})")
+            bars.append((m, gain))
+        else:
+            cells.append("")
+        out.append(f"| {camp.size(m)} | " + " | ".join(cells) + " |")
+    small = [(m, g) for m, g in bars if m in camp.models[:RECIPE_SIZES]]
+    if len(small) == min(RECIPE_SIZES, len(camp.models)):
+        verdict = "; ".join(f"{camp.size(m)} {g:+.1f}" + ("" if g >= RECIPE_MARGIN else
+                            f" (missed by {RECIPE_MARGIN - g:.1f})") for m, g in small)
+        held = all(g >= RECIPE_MARGIN for _, g in small)
+        out += ["", f"- Bar: the best new recipe ≥ vanilla + {RECIPE_MARGIN:g} points on the {len(small)} smallest "
+                f"sizes: **{'met' if held else 'not met'}** ({verdict})."]
+    return out
+
+
+def pooled_sd(a: list[float], b: list[float]) -> float | None:
+    """The pooled sample standard deviation of two groups; None unless each has two or more values."""
+    if len(a) < 2 or len(b) < 2:
+        return None
+    return math.sqrt(((len(a) - 1) * statistics.variance(a) + (len(b) - 1) * statistics.variance(b))
+                     / (len(a) + len(b) - 2))
+
+
+def peer_lines(camp: Campaign) -> list[str]:
+    """softprompt's vanilla prompt tuning beside PEFT's at the same budget, with the bar and the step times."""
+    pairs = [(m, t) for m in camp.models for t in camp.tasks
+             if camp.scores.get((m, t, PEER)) and camp.scores.get((m, t, VANILLA))]
+    if not pairs:
+        return []
+    out = ["**softprompt vs PEFT** (the same rows, init text, optimizer and selection; seconds per training step "
+           "include the selection evals, alike for both).", "",
+           "| size | task | softprompt PT | PEFT PT | Δ | pooled sd | within bar | s/step softprompt | s/step PEFT |",
+           "|---|---|---|---|---|---|---|---|---|"]
+    for m, t in pairs:
+        a, b = camp.scores[m, t, VANILLA], camp.scores[m, t, PEER]
+        sd = pooled_sd(a, b)
+        delta = statistics.fmean(a) - statistics.fmean(b)
+        ok = "" if sd is None or min(len(a), len(b)) < PEFT_MIN_SEEDS else \
+            ("yes" if abs(delta) <= PEFT_POOLED_SDS * sd else f"no (|Δ| = {abs(delta) / sd:.1f} sd)")
+        sa, sb = camp.step_seconds.get((m, t, VANILLA)), camp.step_seconds.get((m, t, PEER))
+        out.append(f"| {camp.size(m)} | {slug(t)} | {show(a)} | {show(b)} | {delta:+.1f} | "
+                   f"{'' if sd is None else f'{sd:.1f}'} | {ok} | {'' if not sa else f'{statistics.fmean(sa):.2f}'} | "
+                   f"{'' if not sb else f'{statistics.fmean(sb):.2f}'} |")
+    out += ["", f"- Bar: |Δ| ≤ {PEFT_POOLED_SDS:g} pooled standard deviations over ≥ {PEFT_MIN_SEEDS} seeds, and "
+            "softprompt faster per step; a blank in *within bar* means fewer seeds ran."]
+    return out
+
+
+def gap_lines(camp: Campaign) -> list[str]:
+    """Prompt tuning − model tuning per size, over the reported tasks both ran (the paper: it shrinks with size)."""
+    out = []
+    gaps = []
+    for m in camp.models:
+        both = [t for t in camp.tasks if camp.mean(m, t, VANILLA) is not None and camp.mean(m, t, MODEL) is not None]
+        if both:
+            gap = statistics.fmean(camp.mean(m, t, VANILLA) - camp.mean(m, t, MODEL) for t in both)  # type: ignore[operator]
+            gaps.append(gap)
+            out.append(f"- {camp.size(m)}: PT − MT = {gap:+.1f} points over {len(both)} tasks.")
+    if not out:
+        return []
+    trend = ""
+    if len(gaps) > 1:
+        shrinks = all(abs(b) <= abs(a) for a, b in itertools.pairwise(gaps))
+        trend = f" Over the sizes with model tuning the gap {'shrinks' if shrinks else 'does not shrink steadily'}."
+    return ["**Prompt tuning − model tuning** per size (the paper: the gap closes with scale)." + trend, "", *out]

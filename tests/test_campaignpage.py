@@ -1,0 +1,118 @@
+"""The scale campaign's section of the results page: built from the cells of the shipped campaign config (cut to
+tiny models, as tests/test_configs.py runs it), with the scores set so that each rule shows: mean ± sd over seeds,
+the best new recipe chosen by its *selection* score (not its reported one), the PEFT bar, the PT − MT gap and
+Figure 1 with the majority floor."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from softprompt.experiments import campaignpage
+from softprompt.experiments.grid import slug
+from softprompt.experiments.records import Records
+from softprompt.experiments.resultspage import render, write_page
+from softprompt.experiments.runner import run_experiment
+from tests.test_configs import one_cell_each
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def set_score(cell: dict, score: float, selected: float | None = None, seed: int | None = None,
+              task: str | None = None) -> dict:
+    """A copy of ``cell`` with its reported score (and selection score, seed, task) replaced."""
+    out = copy.deepcopy(cell)
+    out["score"] = score
+    out["metrics"] = {out["metric"]: score}
+    if selected is not None:
+        out["train"][f"best_selection_{out['metric']}"] = selected
+    if seed is not None:
+        out["cell"]["seed"] = seed
+    if task is not None:
+        out["cell"]["train_task"] = out["cell"]["eval_task"] = task
+    out["id"] = f"{out['id']}-{seed}-{slug(task or '')}"
+    return out
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("campaign")
+    raw = yaml.safe_load((ROOT / "configs" / "scale_campaign.yaml").read_text())
+    small = root / "scale_campaign.yaml"
+    small.write_text(yaml.safe_dump(one_cell_each(raw, root), sort_keys=False))
+    from softprompt.experiments.grid import load_config
+
+    run_experiment(load_config(small), log=lambda _: None)
+    folder = root / "results" / "scale_campaign" / "cells"
+    cells = {p.stem: json.loads(p.read_text()) for p in folder.glob("*.json")}
+    for p in folder.glob("*.json"):
+        p.unlink()
+
+    def find(method: str, variant: str = "", transfer: bool = False) -> dict:
+        """The smollm2 stand-in's cell of that recipe (it has every recipe; RTE only as the transfer source)."""
+        return next(c for c in cells.values() if c["method"] == method and c["cell"].get("variant", "") == variant
+                    and c["cell"]["init"].startswith("from:") == transfer and c["id"].startswith("smollm2-135m__")
+                    and (c["method"] != "prompt-tuning" or "rte" not in c["id"] or transfer))
+
+    sst2 = next(c for c in cells.values() if c["method"] == "prompt-design")["cell"]["eval_task"]
+    cb = find("prompt-tuning", transfer=True)["cell"]["eval_task"]
+    out = [
+        # sst2: three seeds of vanilla PT and of PEFT, one of the others
+        *[set_score(find("prompt-tuning"), s, 0.5, seed=i) for i, s in enumerate((0.80, 0.82, 0.84))],
+        *[set_score(find("peft-prompt-tuning"), s, 0.5, seed=i) for i, s in enumerate((0.81, 0.83, 0.85))],
+        set_score(find("prompt-design"), 0.60), set_score(find("model-tuning"), 0.90, 0.9),
+        set_score(find("prompt-tuning", "residual"), 0.88, 0.7),
+        set_score(find("prompt-tuning", "paper"), 0.55, 0.9),  # the paper's recipe is never a "new" one
+        # cb: residual has the better selection score, transfer the better reported one: residual is chosen
+        set_score(find("prompt-design"), 0.40, task=cb), set_score(find("prompt-tuning"), 0.50, 0.5, task=cb),
+        set_score(find("model-tuning"), 0.70, task=cb),
+        set_score(find("prompt-tuning", "residual"), 0.45, 0.9, task=cb),
+        set_score(find("prompt-tuning", transfer=True), 0.95, 0.6),
+    ]
+    for c in out:
+        (folder / f"{c['id']}.json").write_text(json.dumps(c))
+    floors = [{"task": t, "split": "validation", "limit": 4, "examples": 4, "rule": "most common target",
+               "target": "x", "score": f} for t, f in ((sst2, 0.5), (cb, 0.45))]
+    (root / "results" / "majority.json").write_text(json.dumps({"floors": floors}))
+    return root
+
+
+def test_the_campaign_section(root: Path) -> None:
+    camp = campaignpage.Campaign(Records(root))
+    assert camp.recipes == ["PD", "PT", "PT from rte", "PT paper", "PT residual", "MT", "PEFT PT"]
+    lines = campaignpage.campaign_section(Records(root))
+    text = "\n".join(lines)
+    model = camp.models[0]
+    size = camp.size(model)
+    assert "| sst2 | PT | 82.0 ± 2.0 (n=3) |" in text and "| sst2 | PEFT PT | 83.0 ± 2.0 (n=3) |" in text
+    assert "| sst2 | PD | 60.0 |" in text and text.count(" | 50.0 |") >= 1  # the sst2 majority floor
+    # the average over the reported tasks (sst2, cb): a recipe missing on one of them has none
+    assert "| **average** | PT | 66.0 |" in text and "| **average** | PT from rte |" not in text
+    # best new recipe per task by selection score: sst2 residual (88), cb residual (45, not transfer's 95)
+    chosen = {slug(t): camp.best_new(model, t) for t in camp.tasks}
+    assert chosen == {"sst2": "PT residual", "cb": "PT residual"}
+    gain = (88 + 45) / 2 - (82 + 50) / 2
+    assert f"{gain:+.1f} (cb: PT residual, sst2: PT residual)" in text
+    assert f"**not met** ({size} {gain:+.1f} (missed by {5 - gain:.1f})" in text
+    # PEFT: Δ = −1, pooled sd 2: within 2 sd
+    assert f"| {size} | sst2 | 82.0 ± 2.0 (n=3) | 83.0 ± 2.0 (n=3) | -1.0 | 2.0 | yes |" in text
+    # PT − MT: sst2 82 − 90, cb 50 − 70
+    assert f"- {size}: PT − MT = {((82 - 90) + (50 - 70)) / 2:+.1f} points over 2 tasks." in text
+
+
+def test_the_page_draws_and_links_figure_one(root: Path) -> None:
+    (root / "docs").mkdir(exist_ok=True)
+    assert "results/scale_campaign/figure1.png" not in render(root)
+    page = write_page(root)
+    figure = root / "docs" / "results" / "scale_campaign" / "figure1.png"
+    assert figure.stat().st_size > 0
+    assert "![Figure 1: score vs model size, scale_campaign](results/scale_campaign/figure1.png)" in page.read_text()
+
+
+def test_pooled_sd() -> None:
+    assert campaignpage.pooled_sd([1.0, 3.0], [2.0, 4.0]) == pytest.approx(2 ** 0.5)
+    assert campaignpage.pooled_sd([1.0], [2.0, 4.0]) is None
