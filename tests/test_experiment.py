@@ -26,6 +26,7 @@ from softprompt.experiments.runner import (
     prompt_path,
     reusable,
     run_experiment,
+    trained_with,
 )
 from softprompt.tasks import get_task
 from softprompt.tasks.selection import SELECTION_SEED
@@ -79,6 +80,31 @@ def test_grid_cells(sweep_dir: Path, tmp_path: Path) -> None:
     assert not any(c.method == "prompt-design" and c.train_task != c.eval_task for c in cells(config))
     assert config.prompt_tuning.eval_every == 0 and config.model_tuning.eval_every == 0  # grid default: no selection
     assert config.prompt_tuning.steps == 2 and config.model_tuning.lr == 1e-3
+
+
+def test_a_pair_cell_evaluates_the_prompt_its_in_domain_sibling_trained(sweep_dir: Path, tmp_path: Path) -> None:
+    """A domain-shift pair (train A, evaluate B) trains what the in-domain cell (train A, evaluate A) trains: the
+    prompt is trained once, and both cells score that one prompt; without the sibling the pair trains its own."""
+    raw = grid(sweep_dir, output=str(tmp_path / "results"), models=[str(sweep_dir / "tiny-small")],
+               methods=["prompt-tuning"], prompt_lengths=[2], inits=["uniform"], shots=[0],
+               prompt_tuning={"steps": 3, "batch_size": 4, "optimizer": "adam", "lr": 1e-2, "eval_every": 2,
+                              "eval_limit": 4})
+    config = load_config(write_config(tmp_path / "pair.yaml", raw))
+    home, pair = sorted(cells(config), key=lambda c: c.train_task != c.eval_task)
+    assert trained_with(config, pair) == home and trained_with(config, home) == home
+    run_experiment(config, log=lambda _: None)
+    a, b = (json.loads(cell_path(config, c).read_text()) for c in (home, pair))
+    assert b["prompt_trained_by"] == home.id and "prompt_trained_by" not in a
+    assert b["train"]["history"] == a["train"]["history"] and b["train"]["best_step"] == a["train"]["best_step"]
+    assert not prompt_path(config, pair).exists()  # one prompt file, the sibling's
+    log = prompt_path(config, home).with_suffix("").with_suffix(".metrics.jsonl")
+    assert len([line for line in log.read_text().splitlines() if '"loss"' in line]) == 3  # its steps ran once
+    # Alone in its grid, the pair trains its own prompt: the same one (same rows, slice and seed).
+    alone = load_config(write_config(tmp_path / "alone.yaml", {**raw, "name": "alone", "tasks": []}))
+    (only,) = cells(alone)
+    assert trained_with(alone, only) == only
+    run_experiment(alone, log=lambda _: None)
+    assert torch.equal(load_prompt(prompt_path(alone, only)).prompt, load_prompt(prompt_path(config, home)).prompt)
 
 
 def test_sweep_runs_resumes_and_reports(sweep_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]

@@ -114,6 +114,16 @@ def prompt_path(config: ExperimentConfig, cell: Cell) -> Path:
     return config.out_dir / "prompts" / f"{cell.id}.safetensors"
 
 
+def trained_with(config: ExperimentConfig, cell: Cell) -> Cell:
+    """The cell whose training ``cell`` shares. A prompt-tuning cell evaluated on another task (a ``pairs`` entry)
+    trains exactly what its in-domain sibling trains (the same train task, slice, settings and seed): when the grid
+    has that sibling, the prompt is trained once, under the sibling's name, and both cells evaluate it."""
+    if cell.method != "prompt-tuning" or cell.train_task == cell.eval_task:
+        return cell
+    sibling = replace(cell, eval_task=cell.train_task)
+    return sibling if sibling in cells(config) else cell
+
+
 def method_settings(config: ExperimentConfig, cell: Cell) -> TrainConfig | ModelTuneConfig | None:
     """The training settings of a tuned cell: the grid's section with the cell's axes filled in (None: prompt
     design, which trains nothing)."""
@@ -222,9 +232,13 @@ def run_cell(config: ExperimentConfig, cell: Cell, backbone: Backbone, data: _Da
                 raise FileNotFoundError(f"{cell.id}: the prompt of its source cell {source.id} is missing "
                                         f"({prompt_path(config, source)}); delete {cell_path(config, source)} to "
                                         "train the source again")
-        # The prompt file and its resume checkpoint live beside the cells: a killed cell continues where it was.
-        result = train_prompt(backbone, train_task, train, tc, prompt_path(config, cell), selection=selection,
+        # The prompt file and its resume checkpoint live beside the cells: a killed cell continues where it was, and
+        # a cell whose in-domain sibling trained the same prompt resumes from its finished checkpoint (no step).
+        owner = trained_with(config, cell)
+        result = train_prompt(backbone, train_task, train, tc, prompt_path(config, owner), selection=selection,
                               selection_info=selection_info, resume=True, progress=progress)
+        if owner != cell:
+            extra = {"prompt_trained_by": owner.id}
         pm = PromptedModel(backbone, PromptBank(result.prompt.unsqueeze(0)))
         # The selection scores of every eval, so a record shows why its step was kept (empty: nothing selected).
         train_metrics = {**result.metrics, "history": result.state.history}
