@@ -1,7 +1,7 @@
 """Running an experiment grid (:mod:`softprompt.experiments.grid`): every cell's result is one JSON file
 ``<output>/<name>/cells/<cell id>.json`` holding its settings, the model, metrics, seconds, task-specific parameter
 count and library versions. A rerun skips every cell whose JSON exists, so an interrupted sweep resumes where it stopped
-(a prompt-tuning cell also resumes from its own checkpoint; a PEFT cell trains again from step 0).
+(a prompt-tuning or PEFT cell also resumes from its own checkpoint).
 :mod:`softprompt.experiments.report` turns the cells into a markdown table and plots.
 
 Selection: with ``eval_every: 0`` (the grid default) the last step is kept, trained on the whole train split; with
