@@ -423,3 +423,21 @@ def test_exclude_drops_exactly_the_cells_it_matches(sweep_dir: Path, tmp_path: P
     assert sorted(c.id for c in dropped) == sorted(c.id for c in full if (
         (c.model == large and c.method == "model-tuning") or (c.seed == 1 and c.method == "prompt-tuning")))
     assert dropped and any(c.model == small and c.method == "model-tuning" for c in kept)
+
+
+def test_threads_flag(sweep_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--threads`` sets the CPU threads of a run without changing a cell: finished cells stay valid."""
+    raw = grid(sweep_dir, output=str(tmp_path / "results"), models=[str(sweep_dir / "tiny-small")], pairs=[],
+               methods=["prompt-design"], shots=[0], threads=2)
+    path = write_config(tmp_path / "t.yaml", raw)
+    before = torch.get_num_threads()
+    try:
+        assert main(["experiment", str(path), "--threads", "0"]) == 2
+        assert "--threads must be >= 1" in capsys.readouterr().err
+        assert main(["experiment", str(path), "--threads", "1", "--json"]) == 0
+        assert torch.get_num_threads() == 1
+        assert main(["experiment", str(path), "--json"]) == 0  # the config's own threads: nothing stale, skipped
+        out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert out["ran"] == 0 and out["skipped"] == 1
+    finally:
+        torch.set_num_threads(before)

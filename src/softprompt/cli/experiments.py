@@ -28,6 +28,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="report folder (default: the config's report_dir/<name>/, else <output>/<name>/report/)")
     p.add_argument("--data-dir", type=Path, default=None,
                    help="data root (default: the config's data_dir, else $SOFTPROMPT_DATA_DIR, else ../shared/data)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads (default: the config's threads); not a cell setting, so finished cells stay "
+                        "valid (two runs side by side on a small machine: one thread each)")
     p.add_argument("--dry-run", action="store_true",
                    help="validate and list the cells (models need not be installed); train nothing")
     p.add_argument("--progress", action="store_true", help="per-step progress bars")
@@ -44,6 +47,11 @@ def run(args: argparse.Namespace) -> int:
         config = replace(config, output=str(args.output))
     if args.data_dir is not None:
         config = replace(config, data_dir=str(args.data_dir))
+    if args.threads is not None:
+        if args.threads < 1:
+            print(f"softprompt experiment: --threads must be >= 1, got {args.threads}", file=sys.stderr)
+            return 2
+        config = replace(config, threads=args.threads)
     if args.dry_run:
         preflight(config, check_models=False)
         for c in cells(config):
