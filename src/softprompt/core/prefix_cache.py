@@ -129,10 +129,17 @@ class PrefixCache:
         kvs = {n: self.kv(bank, n) for n, c in rows if c}
         lyr, _, heads, _, dim = next(iter(kvs.values())).shape
         dtype = next(iter(kvs.values())).dtype
-        buf = torch.zeros(lyr, 2, len(rows), heads, width, dim, dtype=dtype, device=device)
-        for b, (n, c) in enumerate(rows):
-            if c:
-                buf[:, :, b, :, width - c:] = kvs[n][:, :, :, :c]  # causal: a prefix's K/V are a slice of the prompt's
+        if len(kvs) == 1 and all(c == width for _, c in rows):
+            # Every row holds the same whole prefix (one request, or a batch of one task): a view of the entry,
+            # broadcast over the rows, not a zeroed buffer filled row by row. The forward's cache update concatenates
+            # each layer's new K/V to it, so the entry itself is never written.
+            kv = next(iter(kvs.values()))[:, :, :, :width]
+            buf = kv.unsqueeze(2).expand(lyr, 2, len(rows), heads, width, dim)
+        else:
+            buf = torch.zeros(lyr, 2, len(rows), heads, width, dim, dtype=dtype, device=device)
+            for b, (n, c) in enumerate(rows):
+                if c:  # causal: a prefix's K/V are a slice of the prompt's
+                    buf[:, :, b, :, width - c:] = kvs[n][:, :, :, :c]
         cache = DynamicCache(config=self.backbone.model.config)
         for i in range(lyr):
             cache.update(buf[i, 0], buf[i, 1], i)
