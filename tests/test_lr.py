@@ -105,3 +105,46 @@ def test_default_recipe_has_momentum_and_the_paper_none(tmp_path: Path, tiny_dir
         parser.parse_args([*base, "--beta1", "1.5"])
     with pytest.raises(ValueError, match="beta1"):
         TrainConfig(beta1=1.0)
+
+
+def test_a_changed_auto_rule_is_never_silently_continued(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """lr "auto" is the code's rule: a --resume whose rule (so step size) changed is refused, not continued at
+    another lr; the checkpoint's optimizer state holds the step it ran at."""
+    import softprompt.training.prompt_tuning as pt
+
+    bb = tiny_backbone("llama")
+    task = toy_task(tmp_path)
+    out = tmp_path / "p.safetensors"
+    examples = task.examples("train")
+    train_prompt(bb, task, examples, TrainConfig(steps=2, batch_size=2, prompt_length=2, eval_every=0), out,
+                 progress=False)
+    longer = TrainConfig(steps=3, batch_size=2, prompt_length=2, eval_every=0)
+    monkeypatch.setattr(pt, "AUTO_LR_SCALE", 2 * AUTO_LR_SCALE)
+    with pytest.raises(ValueError, match="another step size"):
+        train_prompt(bb, task, examples, longer, out, resume=True, progress=False)
+    monkeypatch.setattr(pt, "AUTO_LR_SCALE", AUTO_LR_SCALE)
+    assert train_prompt(bb, task, examples, longer, out, resume=True, progress=False).state.step == 3
+
+
+def test_an_experiment_cell_records_the_auto_rule_and_goes_stale_when_it_changes(tmp_path: Path) -> None:
+    from softprompt.core.tiny import save_tiny
+    from softprompt.experiments.grid import cells, load_config
+    from softprompt.experiments.runner import cell_path, run_experiment, stale_reasons
+    from softprompt.training.prompt_tuning import LEGACY_AUTO_LR_SCALE
+    from tests.test_experiment import grid, write_config
+    from tests.toytask import write_task
+
+    save_tiny("llama", tmp_path / "tiny-small", hidden=16, layers=1)
+    write_task(tmp_path / "toy_a")
+    raw = grid(tmp_path, output=str(tmp_path / "results"), models=[str(tmp_path / "tiny-small")], pairs=[],
+               methods=["prompt-tuning"], prompt_lengths=[2], inits=["uniform"], shots=[0],
+               prompt_tuning={"steps": 2, "batch_size": 4})  # lr auto (the default)
+    config = load_config(write_config(tmp_path / "auto.yaml", raw))
+    run_experiment(config, log=lambda _: None)
+    (cell,) = cells(config)
+    record = json.loads(cell_path(config, cell).read_text())
+    assert record["lr_rule"] == {"auto_lr_scale": AUTO_LR_SCALE} and not stale_reasons(config, cell, record)
+    older = {k: v for k, v in record.items() if k != "lr_rule"}  # a cell from before cells recorded the rule
+    stale = stale_reasons(config, cell, older)
+    assert (LEGACY_AUTO_LR_SCALE != AUTO_LR_SCALE) == bool(stale)
+    assert not stale or "lr auto" in stale[0]

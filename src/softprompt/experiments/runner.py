@@ -46,7 +46,7 @@ from softprompt.experiments.provenance import provenance
 from softprompt.tasks import Example, Task, get_task
 from softprompt.tasks.selection import SelectionSplit, selection_split
 from softprompt.training.initializers import TRANSFER_PREFIX
-from softprompt.training.prompt_tuning import TrainConfig, train_prompt
+from softprompt.training.prompt_tuning import AUTO_LR_SCALE, LEGACY_AUTO_LR_SCALE, TrainConfig, train_prompt
 
 __all__ = ["RunSummary", "load_cells", "reusable", "run_cell", "run_experiment"]
 
@@ -194,6 +194,11 @@ def stale_reasons(config: ExperimentConfig, cell: Cell, record: dict[str, Any]) 
             reasons.append(f"{part} differs")
     if want["train_limit"] != have["train_limit"]:
         reasons.append(f"train_limit: {have['train_limit']!r} in the record, {want['train_limit']!r} now")
+    # lr "auto" is a rule of the code, not a setting: a record says which scale it ran with.
+    if isinstance(settings, TrainConfig) and settings.lr == "auto":
+        ran = (record.get("lr_rule") or {}).get("auto_lr_scale", LEGACY_AUTO_LR_SCALE)
+        if ran != AUTO_LR_SCALE:
+            reasons.append(f"lr auto: {ran} x the embedding std in the record, {AUTO_LR_SCALE} now")
     return reasons
 
 
@@ -283,6 +288,8 @@ def run_cell(config: ExperimentConfig, cell: Cell, backbone: Backbone, data: _Da
         "selection": selection_info,
         "config": method_config(config, cell),
         "train_limit": config.train_limit,
+        **({"lr_rule": {"auto_lr_scale": AUTO_LR_SCALE}}
+           if isinstance(settings, TrainConfig) and settings.lr == "auto" else {}),
         "seconds": round(time.perf_counter() - t0, 2),
         "train_seconds": round(train_seconds, 2),
         **extra,

@@ -22,6 +22,7 @@ micro-batches are built from the rows the loop draws, and what the best step kee
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -234,6 +235,12 @@ def _restore(job: Trainable, optimizer: torch.optim.Optimizer, start: Checkpoint
                 raise ValueError(f"checkpoint parameter {name} is {list(start.params[name].shape)}, this run's is "
                                  f"{list(p.shape)}")
             p.copy_(start.params[name])
+    # lr "auto" resolves from the code's rule and the model: the same setting can mean another step size than the
+    # checkpoint's, which its optimizer state holds.
+    ran = [g.get("lr") for g in start.optimizer_state.get("param_groups", [])]
+    if ran and any(lr is not None and not math.isclose(lr, job.lr, rel_tol=1e-6) for lr in ran):
+        raise ValueError(f"--resume with another step size: the checkpoint ran at lr {ran[0]:.6g}, this run's is "
+                         f"{job.lr:.6g} (lr auto's rule or the model changed); delete the checkpoint to start over")
     optimizer.load_state_dict(start.optimizer_state)
     if job.scaler is not None and start.scaler_state is not None:
         job.scaler.load_state_dict(start.scaler_state)

@@ -92,9 +92,13 @@ class TrainResult:
 # in one batch's noisy direction, and a small constant alone did not stop late spikes: on smollm2, SST-2, P = 50,
 # 100 steps of batch 16 (bench/lr_bench.py), the largest loss jump was 1.34 nats at 0.1 × std, 1.18 at 0.05 and
 # 1.35 at 0.02, each a transient the prompt itself recovered from. With momentum 0.9 (``beta1``), which averages the
-# steps' directions, 0.1 × std stayed at 0.86 nats at P = 50 (bench/results/lr_auto/; whether the rule holds on
-# every built-in model × P in {5, 20, 50, 100} is in bench/results/lr_auto_cpu.json as its cells finish).
-AUTO_LR_SCALE = 0.1
+# steps' directions, 0.1 × std stayed at 0.86 nats at P = 50 but jumped 1.09 at P = 20 (the default length); 0.05 × std
+# with momentum jumped 0.71 there and ended at the same loss (last 10 steps 0.43 vs 0.45 nats). So the rule is 0.05 ×
+# std with momentum 0.9 (bench/results/lr_auto/; whether it holds on every built-in model × P in {5, 20, 50, 100} is
+# in bench/results/lr_auto_cpu.json as its cells finish).
+AUTO_LR_SCALE = 0.05
+LEGACY_AUTO_LR_SCALE = 0.1
+"""what lr "auto" meant before experiment cells recorded the rule they ran with (``lr_rule``)"""
 
 # Named recipes: settings a user asks for by name (``softprompt train --recipe paper``).
 RECIPES: dict[str, dict[str, Any]] = {
