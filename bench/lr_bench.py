@@ -32,6 +32,8 @@ from typing import Any
 RESULTS = Path(__file__).parent / "results"
 WORK = Path(__file__).resolve().parents[1] / "runs" / "lr_bench"
 JUMP_LIMIT = 1.0  # nats
+MODELS = ["smollm2-135m", "gemma3-270m", "qwen2.5-0.5b", "qwen2.5-1.5b"]
+PROMPT_LENGTHS = [5, 20, 50, 100]
 MAX_INPUT_TOKENS = 128
 
 
@@ -138,10 +140,17 @@ def summarize(results: Path) -> dict:
             | {k: c.get(k) for k in ("noise_floor_jump", "paired_jump")} for c in cells]
     auto = [r for r in rows if r["label"] == "auto"]
     paired = [r["paired_jump"] for r in auto if r["paired_jump"] is not None]
+    have = {cell_name(r["model"], r["prompt_length"], "auto") for r in auto}
+    missing = [n for n in (cell_name(m, p, "auto") for m in MODELS for p in PROMPT_LENGTHS) if n not in have]
     summary = {
         "what": "largest loss jump (nats) of SST-2 prompt tuning, per model and prompt length; target <= 1 for lr auto",
         "jump_limit": JUMP_LIMIT,
+        # the target's cells: every built-in model x P; the verdicts below count only when all have run
+        "auto_target_cells": [cell_name(m, p, "auto") for m in MODELS for p in PROMPT_LENGTHS],
+        "auto_missing_cells": missing,
         "auto_all_within_limit": bool(auto) and all(r["largest_jump"] <= JUMP_LIMIT for r in auto),
+        "auto_all_within_limit_on_every_target_cell": not missing and all(r["largest_jump"] <= JUMP_LIMIT
+                                                                           for r in auto),
         "auto_runs": len(auto),
         "auto_worst_jump": max((r["largest_jump"] for r in auto), default=None),
         "auto_worst_noise_floor_jump": max((r["noise_floor_jump"] or 0 for r in auto), default=None),
@@ -178,8 +187,8 @@ def plot(results: Path, path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", nargs="+", default=["smollm2-135m", "gemma3-270m", "qwen2.5-0.5b", "qwen2.5-1.5b"])
-    ap.add_argument("--prompt-lengths", nargs="+", type=int, default=[5, 20, 50, 100])
+    ap.add_argument("--models", nargs="+", default=MODELS)
+    ap.add_argument("--prompt-lengths", nargs="+", type=int, default=PROMPT_LENGTHS)
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--batch-size", type=int, default=16, help="the trainer's default batch")
     ap.add_argument("--grad-accum", type=int, default=1,
