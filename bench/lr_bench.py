@@ -173,8 +173,10 @@ def plot(results: Path, path: Path) -> None:
     fig, axes = plt.subplots(1, len(models), figsize=(4.2 * len(models), 3.4), squeeze=False, sharey=True)
     for ax, model in zip(axes[0], models, strict=True):
         for c in sorted((c for c in cells if c["model"] == model), key=lambda c: (c["label"], c["prompt_length"])):
-            style = "-" if c["label"] == "auto" else ":"
-            ax.plot(range(1, len(c["losses"]) + 1), c["losses"], style, lw=1,
+            # lr auto's cells stand out; the other step sizes tried are drawn faint behind them
+            auto = c["label"] == "auto"
+            ax.plot(range(1, len(c["losses"]) + 1), c["losses"], "-" if auto else ":", lw=1.2 if auto else 0.8,
+                    alpha=1.0 if auto else 0.45, zorder=2 if auto else 1,
                     label=f"P={c['prompt_length']} {c['label']} (lr {c['lr']:.3g}, jump {c['largest_jump']:.2f})")
         ax.set_title(model)
         ax.set_xlabel("step")
