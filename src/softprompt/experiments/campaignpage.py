@@ -197,9 +197,11 @@ def campaign_section(rec: Records, name: str = CAMPAIGN) -> list[str]:
     figure = rec.root / "docs" / "results" / name / FIGURE
     if figure.is_file():
         lines += ["", f"![Figure 1: score vs model size, {name}](results/{name}/{FIGURE})"]
-    lines += ["", *recipe_lines(camp), "", *peer_lines(camp), "", *gap_lines(camp), "",
-              f"Reproduce: `softprompt experiment configs/{name}.yaml --output results` (resumable; about a day of "
-              f"CPU in all), then `{COMMAND}`.", ""]
+    for block in (recipe_lines(camp), peer_lines(camp), gap_lines(camp)):
+        if block:
+            lines += ["", *block]
+    lines += ["", f"Reproduce: `softprompt experiment configs/{name}.yaml --output results` (resumable cell by cell; "
+              f"days of two-core CPU in all), then `{COMMAND}`.", ""]
     return lines
 
 
