@@ -72,6 +72,7 @@ def fixed_prompt_losses(backbone: Any, task: Any, train: list, prompt: Any, cell
     from softprompt.core.bank import PromptBank
     from softprompt.core.prompted import PromptedModel
     from softprompt.training.loop import LoopConfig, batch_indices
+    from softprompt.training.steploss import step_token_count
     from softprompt.training.supervised import example_batches
 
     config = LoopConfig(steps=cell["steps"], batch_size=cell["batch_size"], grad_accum=cell["grad_accum"],
@@ -86,7 +87,7 @@ def fixed_prompt_losses(backbone: Any, task: Any, train: list, prompt: Any, cell
             # the step's mean target NLL over all its micro-batches' tokens, as the trainer's loss
             nll = sum(float(-pm.target_logprobs(b, torch.zeros(len(b.target_lengths), dtype=torch.long))[0].sum())
                       for b in batches)
-            out.append(nll / max(1, sum(int(b.target_lengths.sum()) for b in batches)))
+            out.append(nll / float(step_token_count(batches, backbone.device)))
     return out
 
 
@@ -141,12 +142,13 @@ def summarize(results: Path) -> dict:
     auto = [r for r in rows if r["label"] == "auto"]
     paired = [r["paired_jump"] for r in auto if r["paired_jump"] is not None]
     have = {cell_name(r["model"], r["prompt_length"], "auto") for r in auto}
-    missing = [n for n in (cell_name(m, p, "auto") for m in MODELS for p in PROMPT_LENGTHS) if n not in have]
+    targets = [cell_name(m, p, "auto") for m in MODELS for p in PROMPT_LENGTHS]
+    missing = [n for n in targets if n not in have]
     summary = {
         "what": "largest loss jump (nats) of SST-2 prompt tuning, per model and prompt length; target <= 1 for lr auto",
         "jump_limit": JUMP_LIMIT,
         # the target's cells: every built-in model x P; the verdicts below count only when all have run
-        "auto_target_cells": [cell_name(m, p, "auto") for m in MODELS for p in PROMPT_LENGTHS],
+        "auto_target_cells": targets,
         "auto_missing_cells": missing,
         "auto_all_within_limit": bool(auto) and all(r["largest_jump"] <= JUMP_LIMIT for r in auto),
         "auto_all_within_limit_on_every_target_cell": not missing and all(r["largest_jump"] <= JUMP_LIMIT

@@ -26,6 +26,7 @@ from softprompt.core.files import atomic_write
 from softprompt.experiments.grid import slug
 from softprompt.experiments.records import COMMAND, Records
 from softprompt.experiments.report import _human
+from softprompt.training.initializers import TRANSFER_PREFIX
 
 CAMPAIGN = "scale_campaign"
 FIGURE = "figure1.png"
@@ -51,8 +52,8 @@ def recipe(cell: dict[str, Any]) -> str:
     """The recipe label of a cell (the module docstring)."""
     method, c = cell["method"], cell["cell"]
     if method == "prompt-tuning":
-        if c["init"].startswith("from:"):
-            return f"PT from {slug(c['init'].removeprefix('from:'))}"
+        if c["init"].startswith(TRANSFER_PREFIX):
+            return f"PT from {slug(c['init'].removeprefix(TRANSFER_PREFIX))}"
         return f"PT {c['variant']}" if c.get("variant") else VANILLA
     return {"prompt-design": DESIGN, "model-tuning": MODEL, "peft-prompt-tuning": PEER}[method]
 
@@ -77,7 +78,6 @@ class Campaign:
     """The campaign's cells, indexed by (model, reported task, recipe)."""
 
     def __init__(self, rec: Records, name: str = CAMPAIGN) -> None:
-        self.rec, self.name = rec, name
         self.cells = [c for c in rec.cells(name) if c["cell"]["train_task"] == c["cell"]["eval_task"]
                       or c["method"] == "prompt-tuning"]
         by_size = sorted(self.cells, key=lambda c: c["model"]["parameters"])
@@ -107,10 +107,9 @@ class Campaign:
         xs = self.scores.get((model, task, name))
         return statistics.fmean(xs) if xs else None
 
-    def task_average(self, model: str, name: str, tasks: list[str] | None = None) -> float | None:
-        """The recipe's mean score over ``tasks`` (default: every reported task) on ``model``; None if one is
-        missing."""
-        means = [self.mean(model, t, name) for t in (tasks or self.tasks)]
+    def task_average(self, model: str, name: str) -> float | None:
+        """The recipe's mean score over every reported task on ``model``; None if one is missing."""
+        means = [self.mean(model, t, name) for t in self.tasks]
         return None if not means or any(m is None for m in means) else statistics.fmean(means)  # type: ignore[arg-type]
 
     def best_new(self, model: str, task: str) -> str | None:
