@@ -35,7 +35,8 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from transformers import DynamicCache
+from transformers import Cache
+from transformers.cache_utils import DynamicLayer
 
 from softprompt.core.backbone import Backbone
 from softprompt.core.bank import PromptBank
@@ -69,6 +70,20 @@ def returned_cache(out: Any) -> Any:
     """The KV cache a forward returned (``cache`` in transformers 5.x, ``past_key_values`` before)."""
     cache = getattr(out, "cache", None)
     return cache if cache is not None else out.past_key_values
+
+
+class _SeededLayer(DynamicLayer):
+    """A :class:`DynamicLayer` that starts out holding a batch's cached K/V (it grows by concatenation from there).
+
+    Filling a ``DynamicCache`` through ``update`` copies the prefix into each layer (a concatenation to empty
+    tensors) before the forward concatenates the new columns to it: two fresh copies per layer and batch, plus the
+    per-layer setup. Seeding the layers with the tensors themselves leaves only the forward's concatenation. On one
+    SST-2 request with a P = 100 prompt (smollm2-135m, bench/serve_bench.py case c, quiet machine) the cached path
+    went from 1.073x to 1.008x the CPU time of no prompt at all."""
+
+    def __init__(self, keys: Tensor, values: Tensor) -> None:
+        super().__init__()
+        self.keys, self.values, self.device, self.is_initialized = keys, values, keys.device, True
 
 
 @dataclass(frozen=True)
@@ -113,7 +128,7 @@ class PrefixCache:
         layers = returned_cache(out).layers
         return torch.stack([torch.stack([layer.keys[0], layer.values[0]]) for layer in layers])
 
-    def batch(self, bank: PromptBank, index: Tensor, cached: Tensor) -> tuple[DynamicCache | None, Tensor]:
+    def batch(self, bank: PromptBank, index: Tensor, cached: Tensor) -> tuple[Cache | None, Tensor]:
         """One cache for a batch: row b holds the first ``cached[b]`` slots of prompt ``index[b]``, left-padded to
         C = max cached (see the module docstring).
 
@@ -132,7 +147,7 @@ class PrefixCache:
         if len(kvs) == 1 and all(c == width for _, c in rows):
             # Every row holds the same whole prefix (one request, or a batch of one task): a view of the entry,
             # broadcast over the rows, not a zeroed buffer filled row by row. The forward's cache update concatenates
-            # each layer's new K/V to it, so the entry itself is never written.
+            # each layer's new K/V to it (a new tensor), so the entry itself is never written.
             kv = next(iter(kvs.values()))[:, :, :, :width]
             buf = kv.unsqueeze(2).expand(lyr, 2, len(rows), heads, width, dim)
         else:
@@ -140,10 +155,8 @@ class PrefixCache:
             for b, (n, c) in enumerate(rows):
                 if c:  # causal: a prefix's K/V are a slice of the prompt's
                     buf[:, :, b, :, width - c:] = kvs[n][:, :, :, :c]
-        cache = DynamicCache(config=self.backbone.model.config)
-        for i in range(lyr):
-            cache.update(buf[i, 0], buf[i, 1], i)
-        return cache, mask
+        # Only full-attention layers are cached (supports_prefix_cache), so every layer is a plain dynamic one.
+        return Cache(layers=[_SeededLayer(buf[i, 0], buf[i, 1]) for i in range(lyr)]), mask
 
     def warm(self, bank: PromptBank, indices: Sequence[int]) -> None:
         """Compute the entries of these slots now (a server does it at load, not on the first request)."""
