@@ -175,6 +175,12 @@ def engine_level(args: argparse.Namespace, backbone: Backbone, files: list[Promp
 
 
 def latency(args: argparse.Namespace, backbone: Backbone, texts: list[str]) -> dict:
+    """(c): each request runs in the three cases back to back, ``--latency-rounds`` times over the requests.
+
+    The ratios are medians of per-request ratios (each case's time over no prompt's on the same request, measured
+    seconds apart), so drift in the machine's speed cancels; a ratio of per-case medians drifts with it (on this
+    kind of shared VM, two 40-request runs a minute apart gave 1.008 and 1.065). Each round's ratio is kept to show
+    the spread."""
     long = prompt_file(backbone, 100, 7)
     empty = PromptFile(torch.zeros(0, backbone.hidden_size), PromptMeta.for_backbone(backbone, 0, task="sst2",
                                                                                       verbalizer=VERBALIZER))
@@ -183,27 +189,35 @@ def latency(args: argparse.Namespace, backbone: Backbone, texts: list[str]) -> d
     cases = {"p100_prefix_cache": (cached, long), "no_prompt": (cached, empty), "p100_uncached": (uncached, long)}
     tasks = {k: e.make_task(k.replace("_", "-"), [pf], where="bench") for k, (e, pf) in cases.items()}
     texts = texts[:args.latency_requests]
-    samples: dict[str, list[float]] = {k: [] for k in cases}
+    wall: dict[str, list[float]] = {k: [] for k in cases}
     cpu: dict[str, list[float]] = {k: [] for k in cases}
     for k, (e, _) in cases.items():  # warm-up
         e.run([Job("classify", tasks[k], [texts[0]])])
-    for text in texts:  # interleaved per request, so load from other processes hits every case alike
-        for k, (e, _) in cases.items():
-            t0, c0 = time.perf_counter(), time.thread_time()
-            e.run([Job("classify", tasks[k], [text])])
-            samples[k].append(time.perf_counter() - t0)
-            cpu[k].append(time.thread_time() - c0)
-    wall = {k: statistics.median(v) * 1000 for k, v in samples.items()}
+    for _ in range(args.latency_rounds):
+        for text in texts:  # interleaved per request, so load from other processes hits every case alike
+            for k, (e, _) in cases.items():
+                t0, c0 = time.perf_counter(), time.thread_time()
+                e.run([Job("classify", tasks[k], [text])])
+                wall[k].append(time.perf_counter() - t0)
+                cpu[k].append(time.thread_time() - c0)
+
+    def paired(times: dict[str, list[float]], case: str, part: slice = slice(None)) -> float:
+        return statistics.median(a / b for a, b in zip(times[case][part], times["no_prompt"][part], strict=True))
+
+    n = len(texts)
+    rounds = [slice(r * n, (r + 1) * n) for r in range(args.latency_rounds)]
     # On a shared machine the CPU time of this thread (torch runs in it with 1 thread) is the steadier measure.
-    med = {k: statistics.median(v) * 1000 for k, v in cpu.items()}
-    return {"requests": len(texts), "median_wall_ms": {k: round(v, 2) for k, v in wall.items()},
-            "median_thread_cpu_ms": {k: round(v, 2) for k, v in med.items()},
-            "ratios_use": "thread CPU time (wall ratios: cached/no-prompt "
-                          f"{wall['p100_prefix_cache'] / wall['no_prompt']:.3f}, uncached/no-prompt "
-                          f"{wall['p100_uncached'] / wall['no_prompt']:.3f})",
-            "cached_over_no_prompt": round(med["p100_prefix_cache"] / med["no_prompt"], 3),
-            "uncached_over_no_prompt": round(med["p100_uncached"] / med["no_prompt"], 3),
-            "cached_speedup_over_uncached": round(med["p100_uncached"] / med["p100_prefix_cache"], 2)}
+    return {"requests": n, "rounds": args.latency_rounds,
+            "median_wall_ms": {k: round(statistics.median(v) * 1000, 2) for k, v in wall.items()},
+            "median_thread_cpu_ms": {k: round(statistics.median(v) * 1000, 2) for k, v in cpu.items()},
+            "ratios_use": "thread CPU time, median of per-request ratios to no prompt (wall: cached/no-prompt "
+                          f"{paired(wall, 'p100_prefix_cache'):.3f}, uncached/no-prompt "
+                          f"{paired(wall, 'p100_uncached'):.3f})",
+            "cached_over_no_prompt": round(paired(cpu, "p100_prefix_cache"), 3),
+            "cached_over_no_prompt_per_round": [round(paired(cpu, "p100_prefix_cache", r), 3) for r in rounds],
+            "uncached_over_no_prompt": round(paired(cpu, "p100_uncached"), 3),
+            "cached_speedup_over_uncached": round(statistics.median(
+                a / b for a, b in zip(cpu["p100_uncached"], cpu["p100_prefix_cache"], strict=True)), 2)}
 
 
 def rows_per_input(args: argparse.Namespace, backbone: Backbone, files: list[PromptFile], texts: list[str]) -> dict:
@@ -297,6 +311,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--max-batch-rows", type=int, default=64)
     ap.add_argument("--max-wait-ms", type=float, default=5.0)
     ap.add_argument("--latency-requests", type=int, default=30)
+    ap.add_argument("--latency-rounds", type=int, default=5, help="(c) passes over the latency requests")
     ap.add_argument("--eval-limit", type=int, default=None, help="(f) first N SST-2 validation examples (all: 872)")
     ap.add_argument("--eval-slice", type=int, default=128, help="(f) examples per interleaved slice")
     ap.add_argument("--only", nargs="*", choices=["a", "b", "c", "d", "e", "f"], default=None,

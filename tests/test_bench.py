@@ -112,7 +112,8 @@ def test_serve_bench(tiny_dirs: dict[str, Path], tmp_path: Path, monkeypatch: py
     out = tmp_path / "serve.json"
     argv = ["--model", str(tiny_dirs["llama"]), "--threads", "1", "--requests", "8", "--concurrency", "4",
             "--repeats", "1", "--prompt-length", "3", "--max-batch-rows", "8", "--max-wait-ms", "1",
-            "--latency-requests", "2", "--eval-limit", "4", "--eval-slice", "2", "--out", str(out), "--note", "smoke"]
+            "--latency-requests", "2", "--latency-rounds", "2", "--eval-limit", "4", "--eval-slice", "2",
+            "--out", str(out), "--note", "smoke"]
     bench.main(argv)
     record = json.loads(out.read_text())
     assert set(record) >= PROVENANCE and record["versions"]["fastapi"][0].isdigit() and record["note"] == "smoke"
@@ -121,6 +122,7 @@ def test_serve_bench(tiny_dirs: dict[str, Path], tmp_path: Path, monkeypatch: py
     assert sections <= set(record)
     assert record["a_throughput_http"]["best"]["single_task"]["errors"] == 0
     assert record["a_throughput_http"]["http_over_engine_offline"] > 0  # measured side by side in the same run
+    assert len(record["c_latency_p100"]["cached_over_no_prompt_per_round"]) == 2
     assert record["e_rows_per_input"]["same_labels"] and record["f_eval_sst2"]["predictions_cached_equal_uncached"]
     # --only reruns a section and keeps the others.
     bench.main([*argv, "--only", "d"])
