@@ -123,6 +123,7 @@ def test_serve_bench(tiny_dirs: dict[str, Path], tmp_path: Path, monkeypatch: py
     assert record["a_throughput_http"]["best"]["single_task"]["errors"] == 0
     assert record["a_throughput_http"]["http_over_engine_offline"] > 0  # measured side by side in the same run
     assert len(record["c_latency_p100"]["cached_over_no_prompt_per_round"]) == 2
+    assert record["c_latency_p100"]["attention_kernel_ms_per_request"]["p100_prefix_cache"] > 0
     assert record["e_rows_per_input"]["same_labels"] and record["f_eval_sst2"]["predictions_cached_equal_uncached"]
     # --only reruns a section and keeps the others.
     bench.main([*argv, "--only", "d"])
