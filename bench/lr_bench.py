@@ -109,8 +109,9 @@ def run_cell(model: str, p: int, args: argparse.Namespace, backbone: Any, task: 
 
     lr: float | str = args.lr if args.lr == "auto" else float(args.lr)
     beta1 = {} if args.beta1 is None else {"beta1": None if args.beta1 == "none" else float(args.beta1)}
+    schedule = {} if args.schedule is None else {"schedule": args.schedule}
     config = TrainConfig(steps=args.steps, batch_size=args.batch_size, grad_accum=args.grad_accum, prompt_length=p,
-                         init=args.init, lr=lr, **beta1, seed=args.seed, eval_every=0,
+                         init=args.init, lr=lr, **beta1, **schedule, seed=args.seed, eval_every=0,
                          max_input_tokens=MAX_INPUT_TOKENS, save_every=10)
     out = args.work / f"{cell_name(model, p, args.label)}.safetensors"
     load_before = load_average()
@@ -124,7 +125,7 @@ def run_cell(model: str, p: int, args: argparse.Namespace, backbone: Any, task: 
         "model": model, "prompt_length": p, "label": args.label, "lr_setting": args.lr,
         "lr": resolve_lr(config, backbone), "embedding_std": backbone.embedding_std(), "init": args.init,
         "steps": len(losses), "batch_size": args.batch_size, "grad_accum": args.grad_accum, "beta1": config.beta1,
-        "seed": args.seed,
+        "schedule": config.schedule, "seed": args.seed,
         "task": task.name,
         "losses": [round(x, 5) for x in losses], "largest_jump": round(largest_jump(losses), 5),
         "first_loss": losses[0], "last10_mean_loss": sum(losses[-10:]) / len(losses[-10:]),
@@ -199,6 +200,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="micro-batches per step (the same update as one batch; less memory for the 1.5B model)")
     ap.add_argument("--beta1", default=None,
                     help="Adafactor momentum: a number, or 'none' (the paper's); default: the trainer's default")
+    ap.add_argument("--schedule", choices=["constant", "linear"], default=None,
+                    help="the step size over the run; default: the trainer's default")
     ap.add_argument("--lr", default="auto", help="'auto' or a number")
     ap.add_argument("--label", default="auto", help="name of this lr setting in the cell files (auto, paper, ...)")
     ap.add_argument("--init", default="class-label")

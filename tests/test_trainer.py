@@ -16,7 +16,7 @@ import torch
 from softprompt.core.promptfile import load_prompt
 from softprompt.tasks.selection import SELECTION_SEED, selection_split
 from softprompt.training.checkpoint import load_checkpoint
-from softprompt.training.loop import batch_indices
+from softprompt.training.loop import batch_indices, lr_at
 from softprompt.training.prompt_tuning import TrainConfig, train_prompt
 from tests.conftest import tiny_backbone
 from tests.toytask import TEMPLATE, toy_rows, toy_task, write_jsonl
@@ -93,6 +93,32 @@ def test_paper_recipe_runs_and_best_checkpoint_is_kept(tmp_path: Path) -> None:
     assert load_prompt(tmp_path / "last.safetensors").meta.selection == {}
 
 
+def test_linear_schedule_decays_the_step_size_and_fixes_the_steps(tmp_path: Path) -> None:
+    config = TrainConfig(steps=4, schedule="linear")
+    assert [lr_at(config, 2.0, s) for s in range(4)] == [2.0, 1.5, 1.0, 0.5]
+    assert lr_at(TrainConfig(steps=4), 2.0, 3) == 2.0
+    task = toy_task(tmp_path / "toy", validation=0)
+    examples = task.examples("train")
+
+    def run(name: str, **kw: object) -> torch.Tensor:
+        config = TrainConfig(batch_size=4, prompt_length=3, eval_every=0, save_every=1, optimizer="adam", lr=0.05,
+                             **kw)  # type: ignore[arg-type]
+        return train_prompt(tiny_backbone("llama"), task, examples, config, tmp_path / f"{name}.safetensors",
+                            progress=False).prompt
+
+    # The first step runs at the full lr; later ones do not.
+    assert torch.equal(run("c1", steps=1), run("l1", steps=1, schedule="linear"))
+    assert not torch.equal(run("c4", steps=4), run("l4", steps=4, schedule="linear"))
+    groups = load_checkpoint(tmp_path / "l4.ckpt.safetensors").optimizer_state["param_groups"]
+    assert groups[0]["lr"] == pytest.approx(0.05 / 4) and groups[0]["initial_lr"] == 0.05
+    # The decay is spread over the steps: a linear run does not resume to another number of them.
+    with pytest.raises(ValueError, match="steps"):
+        config = TrainConfig(steps=6, batch_size=4, prompt_length=3, eval_every=0, save_every=1, optimizer="adam",
+                             lr=0.05, schedule="linear")
+        train_prompt(tiny_backbone("llama"), task, examples, config, tmp_path / "l4.safetensors", resume=True,
+                     progress=False)
+
+
 @pytest.mark.parametrize("reparam", ["none", "residual"])
 def test_in_process_resume_equals_uninterrupted(tmp_path: Path, reparam: str) -> None:
     task = toy_task(tmp_path / "toy", validation=0)
@@ -157,7 +183,11 @@ FP16 = ("--precision", "fp16", "--loss-scale-growth-interval", "2")
 RESIDUAL = ("--reparam", "residual", "--reparam-bottleneck", "8")
 
 
-@pytest.mark.parametrize("extra", [(), FP16, RESIDUAL], ids=["fp32", "fp16", "residual"])
+# A decaying step size: a resumed run must take each step at that step's lr, not the checkpoint's last one.
+LINEAR = ("--schedule", "linear")
+
+
+@pytest.mark.parametrize("extra", [(), FP16, RESIDUAL, LINEAR], ids=["fp32", "fp16", "residual", "linear"])
 def test_sigkill_then_resume_equals_uninterrupted(tmp_path: Path, tiny_dirs: dict[str, Path],
                                                   extra: tuple[str, ...]) -> None:
     data, model = write_jsonl(tmp_path / "toy.jsonl", toy_rows()), tiny_dirs["llama"]

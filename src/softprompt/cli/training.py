@@ -69,6 +69,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--beta1", type=_beta1, default=None,
                    help=f"Adafactor's momentum, a number in [0, 1) or 'none' (default {d.beta1} for prompt tuning; "
                         "the paper recipe has none)")
+    p.add_argument("--schedule", choices=["constant", "linear"], default=None,
+                   help=f"the step size over the run: constant, or linear decay to lr / steps at the last step "
+                        f"(default {d.schedule} for prompt tuning, {m.schedule} for model tuning)")
     p.add_argument("--weight-decay", type=float, default=None,
                    help=f"default {d.weight_decay} (prompt tuning), {m.weight_decay} (model tuning)")
     p.add_argument("--seed", type=int, default=d.seed)
@@ -146,11 +149,11 @@ def _beta1(text: str) -> float | str:
 
 
 def _optimizer_args(args: argparse.Namespace, defaults: TrainConfig | ModelTuneConfig) -> dict:
-    """--optimizer/--lr/--weight-decay/--beta1, each falling back to --recipe's value, then to the method's own
-    default."""
+    """--optimizer/--lr/--weight-decay/--beta1/--schedule, each falling back to --recipe's value, then to the
+    method's own default."""
     recipe = RECIPES[args.recipe] if getattr(args, "recipe", None) else {}
     chosen = {k: (recipe.get(k, getattr(defaults, k)) if getattr(args, k, None) is None else getattr(args, k))
-              for k in ("optimizer", "lr", "weight_decay", "beta1")}
+              for k in ("optimizer", "lr", "weight_decay", "beta1", "schedule")}
     return {**chosen, "beta1": None if chosen["beta1"] == "none" else chosen["beta1"]}
 
 

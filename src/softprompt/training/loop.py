@@ -64,6 +64,9 @@ class LoopConfig:
     beta1: float | None = None
     """Adafactor's first-moment (momentum) decay; None: no momentum, the paper's Adafactor. Adam and AdamW keep their
     own betas (0.9, 0.999) and ignore it."""
+    schedule: Literal["constant", "linear"] = "constant"
+    """the step size over the run: constant (the paper's), or linear decay from lr at the first step to lr / steps at
+    the last (:func:`lr_at`)"""
     seed: int = 0
     """draws every step's rows (and whatever a method initialises)"""
     save_every: int = 10
@@ -86,6 +89,8 @@ class LoopConfig:
                              f"{type(self).__name__} needs a number")
         if self.lr != "auto" and (isinstance(self.lr, str) or self.lr <= 0):
             raise ValueError(f"lr must be a number > 0{' or auto' if self.auto_lr else ''}, got {self.lr!r}")
+        if self.schedule not in ("constant", "linear"):
+            raise ValueError(f"schedule must be constant or linear, got {self.schedule!r}")
         if self.save_every < 1 or self.log_every < 1:
             raise ValueError(f"save_every and log_every must be >= 1, got {self.save_every}, {self.log_every}")
 
@@ -103,6 +108,20 @@ def make_optimizer(config: LoopConfig, params: list[nn.Parameter], lr: float | N
     if config.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=lr, weight_decay=config.weight_decay)
     raise ValueError(f"unknown optimizer {config.optimizer!r} (adafactor, adam, adamw)")
+
+
+def lr_at(config: LoopConfig, lr: float, step: int) -> float:
+    """The step size of step ``step`` (0-based) of a run at base step size ``lr``: a function of the step alone, so a
+    resumed run takes the same steps as an uninterrupted one."""
+    if config.schedule == "linear":
+        return lr * (config.steps - step) / config.steps
+    return lr
+
+
+def resumable_changes(config: LoopConfig) -> tuple[str, ...]:
+    """The settings a resumed run may change: :data:`RESUMABLE_CHANGES`, less ``steps`` under a decaying schedule
+    (the decay is spread over the steps, so more steps would be another schedule from the first step on)."""
+    return RESUMABLE_CHANGES if config.schedule == "constant" else tuple(k for k in RESUMABLE_CHANGES if k != "steps")
 
 
 def batch_indices(n: int, seed: int, step: int, micro: int, config: LoopConfig) -> list[int]:
@@ -186,7 +205,7 @@ def start_run(config: LoopConfig, files: RunFiles | None, resume: bool) -> Check
     ckpt = load_checkpoint(files.checkpoint)
     # A setting the checkpoint lacks is newer than the checkpoint; its default is the behaviour it ran with.
     have, defaults = asdict(config), asdict(type(config)())
-    differs = {k for k in have if k not in RESUMABLE_CHANGES and ckpt.config.get(k, defaults[k]) != have[k]}
+    differs = {k for k in have if k not in resumable_changes(config) and ckpt.config.get(k, defaults[k]) != have[k]}
     if differs:
         raise ValueError(f"--resume with settings that differ from the checkpoint's: {sorted(differs)}")
     return ckpt
@@ -237,7 +256,9 @@ def _restore(job: Trainable, optimizer: torch.optim.Optimizer, start: Checkpoint
             p.copy_(start.params[name])
     # lr "auto" resolves from the code's rule and the model: the same setting can mean another step size than the
     # checkpoint's, which its optimizer state holds.
-    ran = [g.get("lr") for g in start.optimizer_state.get("param_groups", [])]
+    # Under a schedule the groups' "lr" is the last step's; "initial_lr" holds the base (older checkpoints lack it
+    # and ran at a constant lr).
+    ran = [g.get("initial_lr", g.get("lr")) for g in start.optimizer_state.get("param_groups", [])]
     if ran and any(lr is not None and not math.isclose(lr, job.lr, rel_tol=1e-6) for lr in ran):
         raise ValueError(f"--resume with another step size: the checkpoint ran at lr {ran[0]:.6g}, this run's is "
                          f"{job.lr:.6g} (lr auto's rule or the model changed); delete the checkpoint to start over")
@@ -262,6 +283,8 @@ def train_loop(job: Trainable, config: LoopConfig, files: RunFiles | None, *, st
     if job.step_loss is not None and (dist is not None or job.scaler is not None):
         raise ValueError("a method's own step loss trains in one process without a loss scaler")
     optimizer = make_optimizer(config, list(job.params.values()), job.lr)
+    for group in optimizer.param_groups:
+        group["initial_lr"] = job.lr  # the base step size, saved with the optimizer state (see _restore)
     state, best = TrainState(), None
     if start is not None:
         _restore(job, optimizer, start)
@@ -285,6 +308,8 @@ def train_loop(job: Trainable, config: LoopConfig, files: RunFiles | None, *, st
                 indices = batch_indices(job.rows, config.seed, step, micro, config)
                 rows.append(indices if dist is None else dist.shard(indices))
             batches = job.batches(step, rows)
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(config, job.lr, step)
             loss = job.step_loss(batches) if job.step_loss is not None else \
                 backward_step(job.model, batches, scaler=job.scaler, dist=dist, params=list(job.params.values()))
             if job.scaler is None:
