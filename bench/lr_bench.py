@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -54,6 +55,17 @@ def write_cell(path: Path, cell: dict) -> None:
     from softprompt.core.files import atomic_write
 
     atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(cell, indent=1) + "\n"))
+
+
+def auto_rule_mismatch(cell: dict) -> list[str]:
+    """Why a cell labelled ``auto`` did not run lr auto's rule as the code has it now (empty: it did): its step size,
+    momentum or schedule (a cell without a schedule ran a constant one)."""
+    from softprompt.training.prompt_tuning import AUTO_LR_SCALE, TrainConfig
+
+    now = TrainConfig()
+    wrong = [] if math.isclose(cell["lr"], AUTO_LR_SCALE * cell["embedding_std"], rel_tol=1e-6) else ["lr"]
+    return wrong + [k for k, ran in (("beta1", cell.get("beta1")), ("schedule", cell.get("schedule", "constant")))
+                    if ran != getattr(now, k)]
 
 
 def largest_jump(losses: list[float]) -> float:
@@ -140,7 +152,9 @@ def summarize(results: Path) -> dict:
     rows = [{k: c[k] for k in ("model", "prompt_length", "label", "lr", "embedding_std", "steps", "largest_jump",
                                "first_loss", "last10_mean_loss", "seconds_per_step")}
             | {k: c.get(k) for k in ("noise_floor_jump", "paired_jump")} for c in cells]
-    auto = [r for r in rows if r["label"] == "auto"]
+    stale = [cell_name(c["model"], c["prompt_length"], "auto") for c in cells
+             if c["label"] == "auto" and auto_rule_mismatch(c)]
+    auto = [r for r, c in zip(rows, cells, strict=True) if r["label"] == "auto" and not auto_rule_mismatch(c)]
     paired = [r["paired_jump"] for r in auto if r["paired_jump"] is not None]
     have = {cell_name(r["model"], r["prompt_length"], "auto") for r in auto}
     targets = [cell_name(m, p, "auto") for m in MODELS for p in PROMPT_LENGTHS]
@@ -151,6 +165,8 @@ def summarize(results: Path) -> dict:
         # the target's cells: every built-in model x P; the verdicts below count only when all have run
         "auto_target_cells": targets,
         "auto_missing_cells": missing,
+        # labelled auto but run under an earlier rule: not counted (relabel them by what they ran)
+        "auto_stale_cells": stale,
         "auto_all_within_limit": bool(auto) and all(r["largest_jump"] <= JUMP_LIMIT for r in auto),
         "auto_all_within_limit_on_every_target_cell": not missing and all(r["largest_jump"] <= JUMP_LIMIT
                                                                            for r in auto),
@@ -228,6 +244,11 @@ def main(argv: list[str] | None = None) -> int:
         cells.mkdir(parents=True, exist_ok=True)
         for model in args.models:
             names = {p: cells / f"{cell_name(model, p, args.label)}.json" for p in args.prompt_lengths}
+            stale = [f.name for f in names.values() if args.label == "auto" and f.is_file()
+                     and auto_rule_mismatch(json.loads(f.read_text()))]
+            if stale:
+                sys.exit(f"cells labelled auto ran an earlier rule of lr auto: {', '.join(stale)}; rename them "
+                         "(file and label) by what they ran, and their runs in --work, then rerun")
             todo = [p for p, f in names.items() if not f.is_file()]
             # finished cells from before the noise floor, whose prompt is still here
             floors = [p for p, f in names.items() if f.is_file() and "noise_floor_jump" not in json.loads(f.read_text())

@@ -82,6 +82,13 @@ def test_lr_bench(tiny_dirs: dict[str, Path], tmp_path: Path) -> None:
                                 if k not in ("fixed_prompt_losses", "noise_floor_jump", "paired_jump")}))
     assert bench.main(argv) == 0
     assert json.loads(path.read_text()) == full
+    # A cell labelled auto that ran an earlier rule (here: a constant step) is not counted, and not run over.
+    path.write_text(json.dumps({**full, "schedule": "constant"}))
+    summary = json.loads((tmp_path / "r" / "lr_auto_cpu.json").read_text()) if bench.main([*argv, "--summary-only"]) \
+        == 0 else {}
+    assert summary["auto_stale_cells"] == ["llama_P3_auto"] and summary["auto_runs"] == 1
+    with pytest.raises(SystemExit, match="earlier rule"):
+        bench.main(argv)
 
 
 def test_train_step_bench(tiny_dirs: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

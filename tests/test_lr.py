@@ -86,6 +86,8 @@ def test_default_recipe_has_momentum_and_the_paper_none(tmp_path: Path, tiny_dir
     from softprompt.cli.training import _optimizer_args
 
     assert TrainConfig().beta1 == 0.9 and RECIPES["default"]["beta1"] == 0.9 and RECIPES["paper"]["beta1"] is None
+    assert (TrainConfig().schedule, RECIPES["default"]["schedule"], RECIPES["paper"]["schedule"]) == \
+        ("linear", "linear", "constant")
     param = torch.nn.Parameter(torch.zeros(2, 3))
     param.grad = torch.ones(2, 3)
     with_momentum = make_optimizer(TrainConfig(lr=0.1), [param])
@@ -99,6 +101,10 @@ def test_default_recipe_has_momentum_and_the_paper_none(tmp_path: Path, tiny_dir
     assert _optimizer_args(parser.parse_args(base), TrainConfig())["beta1"] == 0.9
     assert _optimizer_args(parser.parse_args([*base, "--recipe", "paper"]), TrainConfig())["beta1"] is None
     assert _optimizer_args(parser.parse_args([*base, "--beta1", "none"]), TrainConfig())["beta1"] is None
+    assert _optimizer_args(parser.parse_args(base), TrainConfig())["schedule"] == "linear"
+    assert _optimizer_args(parser.parse_args([*base, "--recipe", "paper"]), TrainConfig())["schedule"] == "constant"
+    assert _optimizer_args(parser.parse_args([*base, "--schedule", "constant"]), TrainConfig())["schedule"] == \
+        "constant"
     assert _optimizer_args(parser.parse_args([*base, "--recipe", "paper", "--beta1", "0.5"]),
                            TrainConfig())["beta1"] == 0.5
     with pytest.raises(SystemExit):
@@ -116,9 +122,10 @@ def test_a_changed_auto_rule_is_never_silently_continued(tmp_path: Path, monkeyp
     task = toy_task(tmp_path)
     out = tmp_path / "p.safetensors"
     examples = task.examples("train")
-    train_prompt(bb, task, examples, TrainConfig(steps=2, batch_size=2, prompt_length=2, eval_every=0), out,
-                 progress=False)
-    longer = TrainConfig(steps=3, batch_size=2, prompt_length=2, eval_every=0)
+    # A constant step size, so the resumed run may be longer (a linear decay fixes the steps).
+    train_prompt(bb, task, examples, TrainConfig(steps=2, batch_size=2, prompt_length=2, eval_every=0,
+                                                 schedule="constant"), out, progress=False)
+    longer = TrainConfig(steps=3, batch_size=2, prompt_length=2, eval_every=0, schedule="constant")
     monkeypatch.setattr(pt, "AUTO_LR_SCALE", 2 * AUTO_LR_SCALE)
     with pytest.raises(ValueError, match="another step size"):
         train_prompt(bb, task, examples, longer, out, resume=True, progress=False)
@@ -148,3 +155,7 @@ def test_an_experiment_cell_records_the_auto_rule_and_goes_stale_when_it_changes
     stale = stale_reasons(config, cell, older)
     assert (LEGACY_AUTO_LR_SCALE != AUTO_LR_SCALE) == bool(stale)
     assert not stale or "lr auto" in stale[0]
+    # A record from before the schedule setting ran at a constant step size: under today's linear default it is stale.
+    constant = {**record, "config": {k: v for k, v in record["config"].items() if k != "schedule"}}
+    assert record["config"]["schedule"] == "linear"
+    assert any("schedule" in r and "constant" in r for r in stale_reasons(config, cell, constant))

@@ -109,7 +109,9 @@ def test_a_killed_peer_resumes_exactly(root: Path, tmp_path: Path) -> None:
     task = get_task(str(root / "toy" / "toy.yaml"))
     train = task.examples("train")
     selection = task.examples("validation")[:4]
-    config = TrainConfig(steps=4, batch_size=4, grad_accum=2, prompt_length=2, eval_every=2, save_every=1)
+    # A constant step size: the cut run is resumed to more steps (a linear decay would refuse that).
+    config = TrainConfig(steps=4, batch_size=4, grad_accum=2, prompt_length=2, eval_every=2, save_every=1,
+                         schedule="constant")
     whole = peft_prompt_tuning.tune_peft_prompt(backbone, task, train, config, tmp_path / "whole.safetensors",
                                                 selection=selection)
     short = TrainConfig(**{**config.__dict__, "steps": 2})

@@ -96,7 +96,7 @@ def test_paper_recipe_runs_and_best_checkpoint_is_kept(tmp_path: Path) -> None:
 def test_linear_schedule_decays_the_step_size_and_fixes_the_steps(tmp_path: Path) -> None:
     config = TrainConfig(steps=4, schedule="linear")
     assert [lr_at(config, 2.0, s) for s in range(4)] == [2.0, 1.5, 1.0, 0.5]
-    assert lr_at(TrainConfig(steps=4), 2.0, 3) == 2.0
+    assert lr_at(TrainConfig(steps=4, schedule="constant"), 2.0, 3) == 2.0
     task = toy_task(tmp_path / "toy", validation=0)
     examples = task.examples("train")
 
@@ -107,8 +107,8 @@ def test_linear_schedule_decays_the_step_size_and_fixes_the_steps(tmp_path: Path
                             progress=False).prompt
 
     # The first step runs at the full lr; later ones do not.
-    assert torch.equal(run("c1", steps=1), run("l1", steps=1, schedule="linear"))
-    assert not torch.equal(run("c4", steps=4), run("l4", steps=4, schedule="linear"))
+    assert torch.equal(run("c1", steps=1, schedule="constant"), run("l1", steps=1, schedule="linear"))
+    assert not torch.equal(run("c4", steps=4, schedule="constant"), run("l4", steps=4, schedule="linear"))
     groups = load_checkpoint(tmp_path / "l4.ckpt.safetensors").optimizer_state["param_groups"]
     assert groups[0]["lr"] == pytest.approx(0.05 / 4) and groups[0]["initial_lr"] == 0.05
     # The decay is spread over the steps: a linear run does not resume to another number of them.
@@ -123,11 +123,12 @@ def test_linear_schedule_decays_the_step_size_and_fixes_the_steps(tmp_path: Path
 def test_in_process_resume_equals_uninterrupted(tmp_path: Path, reparam: str) -> None:
     task = toy_task(tmp_path / "toy", validation=0)
     examples = task.examples("train")
-    full = TrainConfig(steps=8, batch_size=4, prompt_length=3, eval_every=0, save_every=1, reparam=reparam,
-                       reparam_bottleneck=6)
+    # A constant step size: the run is resumed to more steps than it first had (a linear decay refuses that).
+    full = TrainConfig(steps=8, batch_size=4, prompt_length=3, eval_every=0, save_every=1, schedule="constant",
+                       reparam=reparam, reparam_bottleneck=6)
     a = train_prompt(tiny_backbone("llama"), task, examples, full, tmp_path / "a.safetensors", progress=False)
-    half = TrainConfig(steps=5, batch_size=4, prompt_length=3, eval_every=0, save_every=1, reparam=reparam,
-                       reparam_bottleneck=6)
+    half = TrainConfig(steps=5, batch_size=4, prompt_length=3, eval_every=0, save_every=1, schedule="constant",
+                       reparam=reparam, reparam_bottleneck=6)
     train_prompt(tiny_backbone("llama"), task, examples, half, tmp_path / "b.safetensors", progress=False)
     b = train_prompt(tiny_backbone("llama"), task, examples, full, tmp_path / "b.safetensors", resume=True,
                      progress=False)
@@ -136,7 +137,7 @@ def test_in_process_resume_equals_uninterrupted(tmp_path: Path, reparam: str) ->
     assert log == list(range(1, 9))
     with pytest.raises(ValueError, match="differ"):
         changed = TrainConfig(steps=8, batch_size=4, prompt_length=3, eval_every=0, save_every=1, lr=0.1,
-                              reparam=reparam, reparam_bottleneck=6)
+                              schedule="constant", reparam=reparam, reparam_bottleneck=6)
         train_prompt(tiny_backbone("llama"), task, examples, changed, tmp_path / "b.safetensors", resume=True,
                      progress=False)
 
@@ -150,7 +151,7 @@ def test_a_checkpoint_from_before_the_shared_loop_resumes(tmp_path: Path) -> Non
     task = toy_task(tmp_path)
     examples = task.examples("train")
     full = TrainConfig(steps=6, batch_size=4, prompt_length=3, eval_every=0, save_every=1, reparam="residual",
-                       reparam_bottleneck=6)
+                       reparam_bottleneck=6, schedule="constant")  # constant: resumed to more steps
     a = train_prompt(tiny_backbone("llama"), task, examples, full, tmp_path / "a.safetensors", progress=False)
     half = TrainConfig(**{**full.__dict__, "steps": 4})
     train_prompt(tiny_backbone("llama"), task, examples, half, tmp_path / "b.safetensors", progress=False)

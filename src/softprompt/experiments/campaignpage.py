@@ -181,7 +181,8 @@ def campaign_section(rec: Records, name: str = CAMPAIGN) -> list[str]:
         return []
     sizes = [camp.size(m) for m in camp.models]
     lines = [f"## Figure 1 across model sizes (`configs/{name}.yaml`)", "",
-             f"{len(camp.cells)} cells so far, on {len(camp.models)} of the grid's model sizes. " + INTRO, ""]
+             f"{len(camp.cells)} cell{'s' if len(camp.cells) != 1 else ''} so far, on {len(camp.models)} of the grid's "
+             f"model sizes. " + INTRO, ""]
     lines += ["| task | recipe | " + " | ".join(sizes) + " | majority |", "|---|---|" + "---|" * (len(sizes) + 1)]
     for t in camp.tasks:
         for r in camp.recipes:

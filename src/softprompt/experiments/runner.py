@@ -46,6 +46,7 @@ from softprompt.experiments.provenance import provenance
 from softprompt.tasks import Example, Task, get_task
 from softprompt.tasks.selection import SelectionSplit, selection_split
 from softprompt.training.initializers import TRANSFER_PREFIX
+from softprompt.training.loop import saved_defaults
 from softprompt.training.prompt_tuning import AUTO_LR_SCALE, LEGACY_AUTO_LR_SCALE, TrainConfig, train_prompt
 
 __all__ = ["RunSummary", "load_cells", "reusable", "run_cell", "run_experiment"]
@@ -181,7 +182,7 @@ def stale_reasons(config: ExperimentConfig, cell: Cell, record: dict[str, Any]) 
     want = _same_run(config, cell)
     settings = method_settings(config, cell)
     # A setting a record lacks is newer than the record; its default is the behaviour the cell ran with.
-    defaults = json.loads(json.dumps(asdict(type(settings)()))) if settings is not None else {}
+    defaults = json.loads(json.dumps(saved_defaults(settings))) if settings is not None else {}
     stored = record.get("config")
     have = {"config": {**defaults, **stored} if isinstance(stored, dict) else stored,
             "eval": {k: v for k, v in record.get("eval", {}).items() if k != "examples"},

@@ -46,6 +46,16 @@ if TYPE_CHECKING:
 # Settings a resumed run may change: how long it runs and how often it evaluates, saves and logs.
 RESUMABLE_CHANGES = ("steps", "eval_every", "save_every", "log_every")
 
+# A setting a saved config (a checkpoint's, an experiment record's) lacks is newer than it: the run behaved as the
+# setting's first default, which is its default today unless listed here.
+FIRST_DEFAULTS: dict[str, Any] = {"schedule": "constant"}
+
+
+def saved_defaults(config: LoopConfig) -> dict[str, Any]:
+    """What a saved config of ``config``'s type that lacks a setting ran with: the type's defaults, with
+    :data:`FIRST_DEFAULTS` for settings whose default changed after they were introduced."""
+    return {**asdict(type(config)()), **{k: v for k, v in FIRST_DEFAULTS.items() if hasattr(config, k)}}
+
 
 @dataclass
 class LoopConfig:
@@ -204,7 +214,7 @@ def start_run(config: LoopConfig, files: RunFiles | None, resume: bool) -> Check
         return None
     ckpt = load_checkpoint(files.checkpoint)
     # A setting the checkpoint lacks is newer than the checkpoint; its default is the behaviour it ran with.
-    have, defaults = asdict(config), asdict(type(config)())
+    have, defaults = asdict(config), saved_defaults(config)
     differs = {k for k in have if k not in resumable_changes(config) and ckpt.config.get(k, defaults[k]) != have[k]}
     if differs:
         raise ValueError(f"--resume with settings that differ from the checkpoint's: {sorted(differs)}")

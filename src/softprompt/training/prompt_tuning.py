@@ -1,9 +1,10 @@
 """Prompt tuning: train one ``[P, H]`` prompt on a frozen backbone, through the shared loop
 (:mod:`softprompt.training.loop`: resume, accumulation, selection, logging, data parallel).
 
-The optimizer is the paper's: Adafactor, constant lr, weight decay 1e-5, no parameter scaling. The step size is
-not the paper's 0.3 by default but ``lr="auto"``: :data:`AUTO_LR_SCALE` × the standard deviation of the embeddings
-the model consumes (:func:`resolve_lr`); the paper's value is the named recipe ``paper`` (:data:`RECIPES`).
+The optimizer is the paper's: Adafactor, weight decay 1e-5, no parameter scaling. The step size is not the paper's
+constant 0.3 by default but ``lr="auto"`` with momentum and linear decay: :data:`AUTO_LR_SCALE` × the standard
+deviation of the embeddings the model consumes (:func:`resolve_lr`); the paper's setting is the named recipe
+``paper`` (:data:`RECIPES`).
 
 Files beside ``out`` (``x.safetensors``): ``x.ckpt.safetensors`` (resume state), ``x.metrics.jsonl`` (one JSON record
 per logged step or eval) and ``x.tb/`` (TensorBoard events). An fp16 backbone trains with a dynamic loss scale
@@ -47,6 +48,8 @@ class TrainConfig(TaskTrainConfig):
     weight_decay: float = 1e-5
     beta1: float | None = 0.9
     """Adafactor's momentum: 0.9 by default (the step-size rule below); None is the paper's Adafactor, without"""
+    schedule: Literal["constant", "linear"] = "linear"
+    """linear decay of the step size by default (the step-size rule below); constant is the paper's"""
     prompt_length: int = 20
     """P, number of soft-prompt vectors"""
     init: str = "class-label"
@@ -93,18 +96,21 @@ class TrainResult:
 # 100 steps of batch 16 (bench/lr_bench.py), the largest loss jump was 1.34 nats at 0.1 × std, 1.18 at 0.05 and
 # 1.35 at 0.02, each a transient the prompt itself recovered from. With momentum 0.9 (``beta1``), which averages the
 # steps' directions, 0.1 × std stayed at 0.86 nats at P = 50 but jumped 1.09 at P = 20 (the default length); 0.05 × std
-# with momentum jumped 0.71 there and ended at the same loss (last 10 steps 0.43 vs 0.45 nats). So the rule is 0.05 ×
-# std with momentum 0.9 (bench/results/lr_auto/; whether it holds on every built-in model × P in {5, 20, 50, 100} is
-# in bench/results/lr_auto_cpu.json as its cells finish).
+# with momentum jumped 0.71 there and ended at the same loss (last 10 steps 0.43 vs 0.45 nats). But at P = 50 it
+# jumped 1.04 late in the run (step 86: the prompt 0.6 nats worse than the final one on the same batch), where a
+# constant step keeps chasing the latest batches; decaying the step linearly to lr / steps at the last step (the
+# same lr and batches) kept the jump at 0.74 and ended lower (last 10 steps 0.39 vs 0.56 nats). So the rule is 0.05
+# × std with momentum 0.9 and linear decay (bench/results/lr_auto/; whether it holds on every built-in model × P in
+# {5, 20, 50, 100} is in bench/results/lr_auto_cpu.json as its cells finish).
 AUTO_LR_SCALE = 0.05
 LEGACY_AUTO_LR_SCALE = 0.1
 """what lr "auto" meant before experiment cells recorded the rule they ran with (``lr_rule``)"""
 
 # Named recipes: settings a user asks for by name (``softprompt train --recipe paper``).
 RECIPES: dict[str, dict[str, Any]] = {
-    "default": {"optimizer": "adafactor", "lr": "auto", "weight_decay": 1e-5, "beta1": 0.9},
-    # Lester et al. (2021), section 3: Adafactor without momentum, lr 0.3
-    "paper": {"optimizer": "adafactor", "lr": 0.3, "weight_decay": 1e-5, "beta1": None},
+    "default": {"optimizer": "adafactor", "lr": "auto", "weight_decay": 1e-5, "beta1": 0.9, "schedule": "linear"},
+    # Lester et al. (2021), section 3: Adafactor without momentum, constant lr 0.3
+    "paper": {"optimizer": "adafactor", "lr": 0.3, "weight_decay": 1e-5, "beta1": None, "schedule": "constant"},
 }
 
 
