@@ -2,7 +2,8 @@
 length and record each run's largest loss jump: max over t of (loss_t − min over s < t of loss_s), in nats.
 
 The target (the trust issue): ≤ 1 nat over 100 steps for ``lr auto`` on all four built-in models × P ∈ {5, 20, 50,
-100}. The paper's lr 0.3 runs beside it on request (``--lr 0.3 --label paper``) to show what the rule fixes.
+100}. The paper's setting runs beside it on request (``--lr 0.3 --beta1 none --schedule constant --label paper``)
+to show what the rule fixes.
 
 A step's loss is that of its own 16 examples, so part of any jump is batch difficulty, not the step size. Each cell
 therefore also scores its *final* prompt, held fixed, on the same batches in the same order: ``noise_floor_jump`` is
@@ -16,7 +17,8 @@ collects every finished cell, and ``--plot`` draws the loss curves. ``--results`
 (the tests run it on a tiny model and a toy ``--task`` into a temporary folder).
 
     PYTHONPATH=src python bench/lr_bench.py --models smollm2-135m --prompt-lengths 5 20 50 100
-    PYTHONPATH=src python bench/lr_bench.py --models smollm2-135m --prompt-lengths 20 --lr 0.3 --label paper
+    PYTHONPATH=src python bench/lr_bench.py --models smollm2-135m --prompt-lengths 20 --lr 0.3 --beta1 none \
+        --schedule constant --label paper
     PYTHONPATH=src python bench/lr_bench.py --summary-only --plot docs/results/lr_auto.png
 """
 
