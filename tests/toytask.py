@@ -69,6 +69,7 @@ class ToyTask(Task):
 
 
 def train_config(steps: int, grad_accum: int = 1) -> TrainConfig:
-    """The toy runs' training settings: Adam at lr 0.05, 8 rows a step, P = 4 from sampled vocabulary."""
+    """The toy runs' training settings: Adam at a constant lr 0.05 (so an interrupted run can be resumed to more
+    steps), 8 rows a step, P = 4 from sampled vocabulary."""
     return TrainConfig(steps=steps, batch_size=8, grad_accum=grad_accum, prompt_length=4, init="sampled-vocab",
-                       optimizer="adam", lr=0.05, seed=3, save_every=1)
+                       optimizer="adam", lr=0.05, schedule="constant", seed=3, save_every=1)
