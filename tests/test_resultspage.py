@@ -34,14 +34,14 @@ def test_committed_page_is_what_the_committed_records_give() -> None:
                          ids=lambda m: m.__name__.split(".")[-1])
 def test_no_number_is_typed_into_the_page_code(module: ModuleType) -> None:
     """Every string the page is built from (docstrings and format specs aside) is free of digits but for names that
-    hold one (SST-2, macro-F1) and the setting that means "no selection"."""
+    hold one (SST-2, F1, the paper's Table 1) and the setting that means "no selection"."""
     tree = ast.parse(Path(str(module.__file__)).read_text())
     docstrings = {id(n.body[0].value) for n in ast.walk(tree)
                   if isinstance(n, ast.Module | ast.FunctionDef | ast.ClassDef) and n.body
                   and isinstance(n.body[0], ast.Expr) and isinstance(n.body[0].value, ast.Constant)}
     specs = {id(c) for n in ast.walk(tree) if isinstance(n, ast.FormattedValue) and n.format_spec
              for c in ast.walk(n.format_spec)}
-    names = re.compile(r"sst2|SST-2|macro-F1|Figure[- ]1|figure1|×100|eval_every: 0")
+    names = re.compile(r"sst2|SST-2|macro-F1|\bF1\b|\bf1\b|Figure[- ]1|figure1|Table 1|×100|eval_every: 0")
     typed = [n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)
              and id(n) not in docstrings | specs and re.search(r"\d", names.sub("", n.value))]
     assert not typed, typed
@@ -108,3 +108,35 @@ def test_floors_are_measured_into_a_record(fixture_root: Path, data_dir: Path) -
     assert floors[("sst2", 200)] == committed[("sst2", 200)]  # measured again from the data: the committed record
     row = next(line for line in (root / "docs" / "results.md").read_text().splitlines() if line.startswith("| sst2 |"))
     assert row.endswith(f"| {100 * floors[('sst2', 200)]['score']:.1f} |")
+
+
+def test_the_qa_domain_shift_section(tmp_path: Path) -> None:
+    """The paper's Table 1 from QA cells: F1 / EM in-domain and out of domain with the drop; the out-of-domain
+    columns come from the grid's pairs, so a pair not run yet is a dash, and prompt design has no out-of-domain cell."""
+    from softprompt.experiments.records import Records
+    from softprompt.training.prompt_tuning import TrainConfig
+
+    name = "domain_shift_qa"
+    (tmp_path / "configs").mkdir()
+    shutil.copy(ROOT / "configs" / f"{name}.yaml", tmp_path / "configs")
+    pd = json.loads(next((ROOT / "results" / name / "cells").glob("*prompt-design*.json")).read_text())
+    tuned = {**pd, "method": "prompt-tuning", "config": json.loads(json.dumps(vars(TrainConfig()))),
+             "selection": {"split": "train", "size": 100}}
+
+    def cell(base: dict, eval_task: str, f1: float, em: float) -> dict:
+        return {**base, "id": f"{base['method']}-{eval_task}", "cell": {**base["cell"], "eval_task": eval_task},
+                "score": f1, "metrics": {"f1": f1, "exact_match": em}}
+
+    folder = tmp_path / "results" / name / "cells"
+    folder.mkdir(parents=True)
+    for c in (cell(pd, "squad", 0.128, 0.01), cell(tuned, "squad", 0.5, 0.3),
+              cell(tuned, "relation_extraction", 0.2, 0.1)):
+        (folder / f"{c['id']}.json").write_text(json.dumps(c))
+    lines = resultspage.qa_domain_shift_section(Records(tmp_path), name)
+    rows = {line.split(" | ")[1]: line for line in lines if line.startswith("| smollm2-135m")}
+    assert "→ relation_extraction F1" in next(line for line in lines if line.startswith("| model"))
+    assert rows["prompt-tuning"] == "| smollm2-135m | prompt-tuning | 50.0 | 30.0 | 20.0 | 10.0 | -30.0 |"
+    assert rows["model-tuning"] == "| smollm2-135m | model-tuning | — | — | — | — | — |"
+    assert rows["prompt-design"].startswith("| smollm2-135m | prompt-design | 12.8 | 1.0 |")
+    assert "—" not in rows["prompt-design"]
+    assert any("selected on the slice held out from train" in line for line in lines)

@@ -29,6 +29,8 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from softprompt.core.files import atomic_write
 from softprompt.experiments.campaignpage import campaign_section, draw_figure
 from softprompt.experiments.ensemblepage import ensemble_chose_nothing, ensemble_runs, ensembles_section
@@ -373,6 +375,55 @@ def domain_shift_section(rec: Records, name: str) -> list[str]:
     return lines
 
 
+QA_METHODS = ("prompt-design", "prompt-tuning", "model-tuning")
+
+
+def qa_domain_shift_section(rec: Records, name: str) -> list[str]:
+    """The paper's Table 1 at CPU scale: each method trained on SQuAD, F1 / exact match in-domain (SQuAD validation)
+    and out of domain (the evaluated task of the grid's pair), with the out-of-domain drop; cells not run yet show
+    a dash."""
+    cells = rec.cells(name)
+    if not cells:
+        return []
+    source = cells[0]["cell"]["train_task"]
+    # The out-of-domain tasks: the grid's pairs from the source (so a pair not run yet still has its columns).
+    config = rec.root / "configs" / f"{name}.yaml"
+    pairs = (yaml.safe_load(config.read_text()) or {}).get("pairs", []) if config.is_file() else []
+    targets = sorted({c["cell"]["eval_task"] for c in cells if c["cell"]["eval_task"] != source}
+                     | {pr["eval_task"] for pr in pairs if pr.get("train_task") == source})
+
+    def hit(model: str, method: str, eval_task: str) -> dict[str, Any] | None:
+        return next((c for c in cells if c["cell"]["model"] == model and c["method"] == method
+                     and c["cell"]["train_task"] == source and c["cell"]["eval_task"] == eval_task), None)
+
+    def pair(c: dict[str, Any] | None) -> str:
+        if c is None:
+            return "— | —"
+        return f"{100 * c['metrics']['f1']:.1f}{mark(c)} | {100 * c['metrics']['exact_match']:.1f}"
+
+    head = f"| model | method | {source} F1 | EM | " + " | ".join(f"→ {t} F1 | EM | Δ F1" for t in targets) + " |"
+    lines = [f"## Domain shift in question answering (`configs/{name}.yaml`)", "", settings_line(cells), "",
+             f"The paper's Table 1 at this scale: every method trained (or prompted) on {source}, scored in-domain on "
+             f"{source} validation and out of domain on " + ", ".join(targets) + " (no training split of its own), "
+             "F1 and exact match ×100 with the official SQuAD normalisation, greedy generation; Δ F1 = out of domain "
+             "− in-domain. A dash: the cell has not run yet; prompt design runs in-domain only. "
+             + selection_line(cells), "",
+             head, "|---|---|---|---|" + "---|---|---|" * len(targets)]
+    for model in dict.fromkeys(c["cell"]["model"] for c in cells):
+        for method in QA_METHODS:
+            home = hit(model, method, source)
+            row = [pair(home)]
+            for t in targets:
+                away = hit(model, method, t)
+                delta = f"{100 * (away['metrics']['f1'] - home['metrics']['f1']):+.1f}" if home and away else "—"
+                # Train → eval pairs are for the tuned methods only: prompt design has no out-of-domain cell.
+                row.append(" | | " if method == "prompt-design" and away is None else f"{pair(away)} | {delta}")
+            lines.append(f"| {model} | {method} | " + " | ".join(row) + " |")
+    lines += ["", f"Reproduce: `softprompt experiment configs/{name}.yaml`; then `{COMMAND}`; every cell in "
+              f"`results/{name}/cells/`.", ""]
+    return lines
+
+
 def reading_section(rec: Records) -> list[str]:
     """The selection rule, counted from the records, then a person's reading of the tables (a file beside them)."""
     runs = {(c.get("reused_from", name), c["id"]): c for name in (MAIN_JOB, *GRIDS) for c in rec.cells(name)
@@ -447,6 +498,7 @@ def _render(rec: Records) -> str:
     lines += ablation_section(rec, "ablation_init_cpu", "init", "Initialisation ablation")
     lines += budget_section(rec, ["pt_budget_cpu", "pt_budget_gemma_cpu"])
     lines += domain_shift_section(rec, "domain_shift_cpu")
+    lines += qa_domain_shift_section(rec, "domain_shift_qa")
     lines += ensembles_section(rec)
     lines += bench_section(rec)
     reports = sorted(d.name for d in (rec.root / "docs" / "results").glob("*") if (d / "README.md").is_file())
