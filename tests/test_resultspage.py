@@ -79,7 +79,7 @@ def test_report_from_fixture_records(fixture_root: Path, capsys: pytest.CaptureF
     assert f"| prompt design (zero-shot) | the task's hand-written instruction + input | {design['score']:.4f} |" \
         in page
     assert f"| prompt tuning | 20 learned vectors + input | {tuned['score']:.4f} |" in page
-    assert "prompt tuning P = 20, class-label init, adam lr 0.01, 4 steps of batch 4" in page
+    assert "prompt tuning P = 20, class-label init, adam lr 0.01 (linear), 4 steps of batch 4" in page
     assert f"checkpoint: step {tuned['train']['best_step']} of 4, chosen on 12 examples held out from train" in page
     assert "`softprompt experiment configs/sst2.yaml --output results && softprompt report`" in page
     # A grid of the page: its rows from the cells, a blank majority column until the floors are measured.

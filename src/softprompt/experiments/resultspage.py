@@ -37,6 +37,7 @@ from softprompt.experiments.ensemblepage import ensemble_chose_nothing, ensemble
 from softprompt.experiments.grid import slug
 from softprompt.experiments.records import COMMAND, Records, fmt, pct_or_blank, values
 from softprompt.experiments.report import checkpoint_line
+from softprompt.training.loop import FIRST_DEFAULTS
 
 __all__ = ["GRIDS", "MAIN_JOB", "PAGE", "render", "write_page"]
 
@@ -65,8 +66,10 @@ def settings_line(cells: list[dict[str, Any]]) -> str:
         cfg = [r["config"] for r in rs]
         what = f"P = {values(r['cell']['prompt_length'] for r in rs)}, {values(r['cell']['init'] for r in rs)} " \
                "init, " if method == "prompt-tuning" else ""
+        # A record without a schedule ran a constant step size (FIRST_DEFAULTS).
+        schedules = values(c.get("schedule", FIRST_DEFAULTS["schedule"]) for c in cfg)
         parts.append(f"{method.replace('-', ' ')} {what}{values(c['optimizer'] for c in cfg)} lr "
-                     f"{values(c['lr'] for c in cfg)}, {values(c['steps'] for c in cfg)} steps of batch "
+                     f"{values(c['lr'] for c in cfg)} ({schedules}), {values(c['steps'] for c in cfg)} steps of batch "
                      f"{values(c['batch_size'] for c in cfg)}")
     tokens = [c["eval"]["max_input_tokens"] for c in cells] + \
         [c["config"]["max_input_tokens"] for c in cells if "max_input_tokens" in c["config"]]
