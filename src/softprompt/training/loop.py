@@ -217,7 +217,9 @@ def start_run(config: LoopConfig, files: RunFiles | None, resume: bool) -> Check
     have, defaults = asdict(config), saved_defaults(config)
     differs = {k for k in have if k not in resumable_changes(config) and ckpt.config.get(k, defaults[k]) != have[k]}
     if differs:
-        raise ValueError(f"--resume with settings that differ from the checkpoint's: {sorted(differs)}")
+        why = (" (the linear schedule spreads its decay over the run's steps, so a run cannot be resumed to more or "
+               "fewer; --schedule constant runs can be extended)") if "steps" in differs else ""
+        raise ValueError(f"--resume with settings that differ from the checkpoint's: {sorted(differs)}{why}")
     return ckpt
 
 
