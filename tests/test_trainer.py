@@ -178,8 +178,9 @@ def _train_cmd(model: Path, data: Path, out: Path, steps: int, *extra: str) -> l
 
 
 # fp16: the loss scale doubles every 2 overflow-free steps, so within 20 steps it grows into overflows (skipped
-# steps) several times; a resumed run that restarted the scaler would skip other steps.
-FP16 = ("--precision", "fp16", "--loss-scale-growth-interval", "2")
+# steps) several times; a resumed run that restarted the scaler would skip other steps. At the constant step these
+# overflows were laid out for (under the linear default the scaler can be back at its fresh state at the kill).
+FP16 = ("--precision", "fp16", "--loss-scale-growth-interval", "2", "--schedule", "constant")
 # Residual prompt tuning: the MLP's weights and optimizer state must come back too, or the resumed run differs.
 RESIDUAL = ("--reparam", "residual", "--reparam-bottleneck", "8")
 
