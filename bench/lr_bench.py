@@ -62,12 +62,13 @@ def write_cell(path: Path, cell: dict) -> None:
 def auto_rule_mismatch(cell: dict) -> list[str]:
     """Why a cell labelled ``auto`` did not run lr auto's rule as the code has it now (empty: it did): its step size,
     momentum or schedule (a cell without a schedule ran a constant one)."""
+    from softprompt.training.loop import FIRST_DEFAULTS
     from softprompt.training.prompt_tuning import AUTO_LR_SCALE, TrainConfig
 
     now = TrainConfig()
     wrong = [] if math.isclose(cell["lr"], AUTO_LR_SCALE * cell["embedding_std"], rel_tol=1e-6) else ["lr"]
-    return wrong + [k for k, ran in (("beta1", cell.get("beta1")), ("schedule", cell.get("schedule", "constant")))
-                    if ran != getattr(now, k)]
+    ran = {"beta1": cell.get("beta1"), "schedule": cell.get("schedule", FIRST_DEFAULTS["schedule"])}
+    return wrong + [k for k, v in ran.items() if v != getattr(now, k)]
 
 
 def largest_jump(losses: list[float]) -> float:
@@ -154,9 +155,9 @@ def summarize(results: Path) -> dict:
     rows = [{k: c[k] for k in ("model", "prompt_length", "label", "lr", "embedding_std", "steps", "largest_jump",
                                "first_loss", "last10_mean_loss", "seconds_per_step")}
             | {k: c.get(k) for k in ("noise_floor_jump", "paired_jump")} for c in cells]
-    stale = [cell_name(c["model"], c["prompt_length"], "auto") for c in cells
-             if c["label"] == "auto" and auto_rule_mismatch(c)]
-    auto = [r for r, c in zip(rows, cells, strict=True) if r["label"] == "auto" and not auto_rule_mismatch(c)]
+    earlier = [c["label"] == "auto" and bool(auto_rule_mismatch(c)) for c in cells]
+    stale = [cell_name(c["model"], c["prompt_length"], "auto") for c, e in zip(cells, earlier, strict=True) if e]
+    auto = [r for r, e in zip(rows, earlier, strict=True) if r["label"] == "auto" and not e]
     paired = [r["paired_jump"] for r in auto if r["paired_jump"] is not None]
     have = {cell_name(r["model"], r["prompt_length"], "auto") for r in auto}
     targets = [cell_name(m, p, "auto") for m in MODELS for p in PROMPT_LENGTHS]
@@ -209,6 +210,8 @@ def plot(results: Path, path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from softprompt.training.loop import SCHEDULES
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", nargs="+", default=MODELS)
     ap.add_argument("--prompt-lengths", nargs="+", type=int, default=PROMPT_LENGTHS)
@@ -218,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="micro-batches per step (the same update as one batch; less memory for the 1.5B model)")
     ap.add_argument("--beta1", default=None,
                     help="Adafactor momentum: a number, or 'none' (the paper's); default: the trainer's default")
-    ap.add_argument("--schedule", choices=["constant", "linear"], default=None,
+    ap.add_argument("--schedule", choices=SCHEDULES, default=None,
                     help="the step size over the run; default: the trainer's default")
     ap.add_argument("--lr", default="auto", help="'auto' or a number")
     ap.add_argument("--label", default="auto", help="name of this lr setting in the cell files (auto, paper, ...)")

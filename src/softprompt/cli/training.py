@@ -24,6 +24,7 @@ from softprompt.tasks import Example, Task
 from softprompt.tasks.selection import SELECTION_SEED, selection_split
 from softprompt.training.distributed import DistContext, fsdp_requested, shard_backbone
 from softprompt.training.initializers import INITS, TRANSFER_PREFIX, is_init
+from softprompt.training.loop import SCHEDULES
 from softprompt.training.precision import PRECISIONS, enable_gradient_checkpointing
 from softprompt.training.prompt_tuning import AUTO_LR_SCALE, RECIPES, TrainConfig, train_prompt
 from softprompt.training.reparam import REPARAMS
@@ -69,7 +70,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--beta1", type=_beta1, default=None,
                    help=f"Adafactor's momentum, a number in [0, 1) or 'none' (default {d.beta1} for prompt tuning; "
                         "the paper recipe has none)")
-    p.add_argument("--schedule", choices=["constant", "linear"], default=None,
+    p.add_argument("--schedule", choices=SCHEDULES, default=None,
                    help=f"the step size over the run: constant, or linear decay to lr / steps at the last step "
                         f"(default {d.schedule} for prompt tuning, {m.schedule} for model tuning)")
     p.add_argument("--weight-decay", type=float, default=None,

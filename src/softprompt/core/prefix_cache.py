@@ -77,9 +77,9 @@ class _SeededLayer(DynamicLayer):
 
     Filling a ``DynamicCache`` through ``update`` copies the prefix into each layer (a concatenation to empty
     tensors) before the forward concatenates the new columns to it: two fresh copies per layer and batch, plus the
-    per-layer setup. Seeding the layers with the tensors themselves leaves only the forward's concatenation. On one
-    SST-2 request with a P = 100 prompt (smollm2-135m, bench/serve_bench.py case c, quiet machine) the cached path
-    went from 1.073x to 1.008x the CPU time of no prompt at all."""
+    per-layer setup. Seeding the layers with the tensors themselves leaves only the forward's concatenation (building
+    a one-row cache for smollm2-135m takes about 1 ms; on one request the gain is within bench/serve_bench.py case c's
+    run-to-run noise)."""
 
     def __init__(self, keys: Tensor, values: Tensor) -> None:
         super().__init__()

@@ -29,12 +29,10 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from softprompt.core.files import atomic_write
 from softprompt.experiments.campaignpage import campaign_section, draw_figure
 from softprompt.experiments.ensemblepage import ensemble_chose_nothing, ensemble_runs, ensembles_section
-from softprompt.experiments.grid import slug
+from softprompt.experiments.grid import load_config, slug
 from softprompt.experiments.records import COMMAND, Records, fmt, pct_or_blank, values
 from softprompt.experiments.report import checkpoint_line
 from softprompt.training.loop import FIRST_DEFAULTS
@@ -391,9 +389,9 @@ def qa_domain_shift_section(rec: Records, name: str) -> list[str]:
     source = cells[0]["cell"]["train_task"]
     # The out-of-domain tasks: the grid's pairs from the source (so a pair not run yet still has its columns).
     config = rec.root / "configs" / f"{name}.yaml"
-    pairs = (yaml.safe_load(config.read_text()) or {}).get("pairs", []) if config.is_file() else []
+    pairs = load_config(config).pairs if config.is_file() else []
     targets = sorted({c["cell"]["eval_task"] for c in cells if c["cell"]["eval_task"] != source}
-                     | {pr["eval_task"] for pr in pairs if pr.get("train_task") == source})
+                     | {pr.eval_task for pr in pairs if pr.train_task == source})
 
     def hit(model: str, method: str, eval_task: str) -> dict[str, Any] | None:
         return next((c for c in cells if c["cell"]["model"] == model and c["method"] == method

@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, get_args
 
 import torch
 from torch import Tensor, nn
@@ -45,6 +45,9 @@ if TYPE_CHECKING:
 
 # Settings a resumed run may change: how long it runs and how often it evaluates, saves and logs.
 RESUMABLE_CHANGES = ("steps", "eval_every", "save_every", "log_every")
+
+Schedule = Literal["constant", "linear"]
+SCHEDULES: tuple[str, ...] = get_args(Schedule)
 
 # A setting a saved config (a checkpoint's, an experiment record's) lacks is newer than it: the run behaved as the
 # setting's first default, which is its default today unless listed here.
@@ -74,7 +77,7 @@ class LoopConfig:
     beta1: float | None = None
     """Adafactor's first-moment (momentum) decay; None: no momentum, the paper's Adafactor. Adam and AdamW keep their
     own betas (0.9, 0.999) and ignore it."""
-    schedule: Literal["constant", "linear"] = "constant"
+    schedule: Schedule = "constant"
     """the step size over the run: constant (the paper's), or linear decay from lr at the first step to lr / steps at
     the last (:func:`lr_at`)"""
     seed: int = 0
@@ -99,8 +102,8 @@ class LoopConfig:
                              f"{type(self).__name__} needs a number")
         if self.lr != "auto" and (isinstance(self.lr, str) or self.lr <= 0):
             raise ValueError(f"lr must be a number > 0{' or auto' if self.auto_lr else ''}, got {self.lr!r}")
-        if self.schedule not in ("constant", "linear"):
-            raise ValueError(f"schedule must be constant or linear, got {self.schedule!r}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
         if self.save_every < 1 or self.log_every < 1:
             raise ValueError(f"save_every and log_every must be >= 1, got {self.save_every}, {self.log_every}")
 

@@ -30,7 +30,7 @@ from softprompt.tasks.base import Example, Task
 from softprompt.tasks.generic import FileTask
 from softprompt.training.checkpoint import TrainState
 from softprompt.training.initializers import INITS, TRANSFER_PREFIX, init_prompt, is_init
-from softprompt.training.loop import RunFiles, Trainable, start_run, train_loop
+from softprompt.training.loop import RunFiles, Schedule, Trainable, start_run, train_loop
 from softprompt.training.precision import grad_scaler
 from softprompt.training.reparam import DEFAULT_BOTTLENECK, REPARAMS, Reparam, fold, make_bank
 from softprompt.training.supervised import TaskTrainConfig, example_batches, task_selection
@@ -48,7 +48,7 @@ class TrainConfig(TaskTrainConfig):
     weight_decay: float = 1e-5
     beta1: float | None = 0.9
     """Adafactor's momentum: 0.9 by default (the step-size rule below); None is the paper's Adafactor, without"""
-    schedule: Literal["constant", "linear"] = "linear"
+    schedule: Schedule = "linear"
     """linear decay of the step size by default (the step-size rule below); constant is the paper's"""
     prompt_length: int = 20
     """P, number of soft-prompt vectors"""
