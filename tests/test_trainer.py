@@ -201,11 +201,14 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path: Path, tiny_dirs: dic
     ckpt = killed.with_suffix(".ckpt.safetensors")
     proc = subprocess.Popen(_train_cmd(model, data, killed, steps, *extra), env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
+    fresh = torch.amp.GradScaler("cpu", growth_interval=2).state_dict()
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
         if ckpt.is_file():
             try:
-                if load_checkpoint(ckpt).state.step >= 4:  # fp16: past the scaler state a fresh one has
+                seen = load_checkpoint(ckpt)
+                # fp16: kill only once the scaler's state is not a fresh one's, so restoring it is what is tested
+                if seen.state.step >= 4 and (extra != FP16 or seen.scaler_state != fresh):
                     break
             except ValueError:
                 pass
