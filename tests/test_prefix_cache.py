@@ -311,3 +311,44 @@ def test_sliding_window_configs_run_uncached() -> None:
     backbone = make_backbone(AutoModelForCausalLM.from_config(config), byte_tokenizer(), "tiny-qwen2-sliding")
     assert not supports_prefix_cache(backbone)
     assert supports_prefix_cache(tiny_backbone("qwen2"))
+
+
+@pytest.mark.parametrize("family", CACHED)
+def test_float_mask_is_the_boolean_mask_bit_for_bit(family: str) -> None:
+    """The additive mask handed to SDPA (once per forward) gives exactly the outputs of the boolean mask transformers
+    builds (converted by SDPA in every layer): cached and uncached, padded mixed-prompt batches, scores, next-token
+    distributions, generation and a training gradient."""
+    from transformers.masking_utils import sdpa_mask
+
+    from softprompt.core.splice import additive_causal_mask
+
+    backbone = backbone_for(family, bos=False)
+    prompts = prompts_for(backbone)
+    index = torch.tensor(index_for(INPUTS, bos=False))
+    batch = make_batch(backbone.tokenizer, INPUTS, [ONE_TOKEN[i % 3] for i in range(len(INPUTS))],
+                       encoder_decoder=False, max_input_tokens=MAX_IN)
+    ids, attention = make_input_batch(backbone.tokenizer, INPUTS, MAX_IN)
+    out = {}
+    for additive in (True, False):
+        for prefix_cache in (True, False):
+            pm = PromptedModel(backbone, PromptBank.from_prompts(prompts), prefix_cache=prefix_cache)
+            assert pm._additive_mask  # a tiny CPU model with SDPA: the float mask is on by default
+            pm._additive_mask = additive
+            with torch.no_grad():
+                scores = pm.sequence_logprob(batch, index)
+                nxt = pm.next_token_logprobs(ids, attention, index)
+            text = pm.generate(INPUTS, index, max_new_tokens=4, max_input_tokens=MAX_IN)
+            pm.bank.weight.grad = None
+            pm.loss(batch, index).backward()  # training: uncached, padded
+            out[additive, prefix_cache] = (scores, nxt, text, pm.bank.weight.grad.clone())
+    for prefix_cache in (True, False):
+        new, old = out[True, prefix_cache], out[False, prefix_cache]
+        for a, b in zip(new[:2] + new[3:], old[:2] + old[3:], strict=True):
+            assert torch.equal(a, b)
+        assert new[2] == old[2]
+    # The mask is transformers' own rule: causal over a cache of C columns, then padding.
+    mask = torch.tensor([[0, 1, 1, 0, 1, 1], [1, 1, 1, 1, 1, 1], [0, 0, 0, 0, 0, 1]])
+    want = sdpa_mask(batch_size=3, q_length=4, kv_length=6, q_offset=2, attention_mask=mask.bool(),
+                     allow_is_causal_skip=False)
+    got = additive_causal_mask(mask, 4, torch.float32)
+    assert torch.equal(got == 0, want) and bool(torch.isneginf(got[~want]).all())

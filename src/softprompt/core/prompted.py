@@ -22,7 +22,7 @@ from softprompt.core.backbone import Backbone
 from softprompt.core.bank import PromptBank
 from softprompt.core.decoding import Step, eos_token_ids, greedy
 from softprompt.core.prefix_cache import PrefixCache, cache_kwargs, returned_cache, supports_prefix_cache
-from softprompt.core.splice import Spliced, gather_targets, splice
+from softprompt.core.splice import Spliced, additive_causal_mask, gather_targets, splice
 from softprompt.core.tokenize import Batch, make_input_batch
 
 
@@ -61,6 +61,13 @@ class PromptedModel(nn.Module):
         # where (after the left-compacting splice) every row's target sits. It is most of the cost on small models.
         self._keep_logits = "logits_to_keep" in forward
         self._position_ids = "position_ids" in forward
+        # Where a forward needs a mask (a cached prefix, or padding), hand SDPA its float form once per forward
+        # rather than the boolean one it converts in every layer: 30 conversions of a [B, L, C + L] mask per
+        # forward on smollm2, a third of what a cached P = 100 prompt cost one request on CPU beyond its attention
+        # (bench/serve_bench.py case c). Same outputs, bit for bit; on the tested decoder-only types with full
+        # attention in every layer (a 4-D mask would override Gemma 3's sliding-window ones), SDPA, CPU.
+        self._additive_mask = (supports_prefix_cache(backbone) and backbone.device.type == "cpu"
+                               and getattr(backbone.model.config, "_attn_implementation", None) == "sdpa")
 
     @property
     def model(self) -> nn.Module:
@@ -120,7 +127,11 @@ class PromptedModel(nn.Module):
     def _forward(self, s: Spliced, cache: Any, *, keep: int | None = None, use_cache: bool = False,
                  **extra: Any) -> Any:
         dtype = next(self.model.parameters()).dtype
-        kwargs: dict[str, Any] = {"inputs_embeds": s.inputs_embeds.to(dtype), "attention_mask": s.attention_mask,
+        mask = s.attention_mask
+        if self._additive_mask and (cache is not None or not bool(mask.all())):
+            # (no cache and no padding: transformers passes no mask at all and SDPA runs its causal kernel)
+            mask = additive_causal_mask(mask, s.inputs_embeds.shape[1], dtype)
+        kwargs: dict[str, Any] = {"inputs_embeds": s.inputs_embeds.to(dtype), "attention_mask": mask,
                                   "use_cache": use_cache or cache is not None, **extra}
         if self._position_ids:
             kwargs["position_ids"] = s.position_ids

@@ -62,6 +62,23 @@ def position_ids_from_mask(mask: Tensor) -> Tensor:
     return (mask.cumsum(dim=1) - 1).clamp(min=0) * mask
 
 
+def additive_causal_mask(attention_mask: Tensor, q_length: int, dtype: torch.dtype) -> Tensor:
+    """The causal + padding mask transformers builds for SDPA from a 2-D mask, as SDPA's additive float form.
+
+    attention_mask: [B, K] 0/1 over every key column (a cache's C columns, then the forward's L = ``q_length``).
+    Returns [B, 1, L, K]: 0 where query i (column K - L + i) may attend key j (j real and j ≤ K - L + i), -inf
+    elsewhere. Passed as a 4-D mask, transformers uses it as it is, once for the whole forward; given the boolean
+    mask, SDPA on CPU converts it to exactly this float mask in every layer (the same -inf, so a row with no key
+    left gives 0 in both: outputs are bit-identical, tested).
+    """
+    keys = attention_mask.shape[1]
+    columns = torch.arange(keys, device=attention_mask.device)
+    causal = columns.unsqueeze(0) <= (columns[keys - q_length:]).unsqueeze(1)  # [L, K]
+    allowed = causal.unsqueeze(0) & attention_mask.bool().unsqueeze(1)  # [B, L, K]
+    return torch.zeros(allowed.shape, dtype=dtype, device=attention_mask.device).masked_fill_(
+        ~allowed, float("-inf")).unsqueeze(1)
+
+
 def gather_targets(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
     """Log-probability of each target token under the logits that predict it.
 
