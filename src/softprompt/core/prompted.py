@@ -62,10 +62,10 @@ class PromptedModel(nn.Module):
         self._keep_logits = "logits_to_keep" in forward
         self._position_ids = "position_ids" in forward
         # Where a forward needs a mask (a cached prefix, or padding), hand SDPA its float form once per forward
-        # rather than the boolean one it converts in every layer: 30 conversions of a [B, L, C + L] mask per
-        # forward on smollm2, a third of what a cached P = 100 prompt cost one request on CPU beyond its attention
-        # (bench/serve_bench.py case c). Same outputs, bit for bit; on the tested decoder-only types with full
-        # attention in every layer (a 4-D mask would override Gemma 3's sliding-window ones), SDPA, CPU.
+        # rather than the boolean one it converts in every layer (30 conversions of a [B, L, C + L] mask per
+        # forward on smollm2; bench/serve_bench.py case c measures the cached prompt's cost, docs/serving.md says
+        # what this saved). Same outputs, bit for bit. Only on the tested decoder-only types with full attention in
+        # every layer (a 4-D mask would override Gemma 3's sliding-window ones), with SDPA, on CPU.
         self._additive_mask = (supports_prefix_cache(backbone) and backbone.device.type == "cpu"
                                and getattr(backbone.model.config, "_attn_implementation", None) == "sdpa")
 
