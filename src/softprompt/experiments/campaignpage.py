@@ -62,6 +62,10 @@ def is_new(name: str) -> bool:
     return name.startswith("PT ") and name != f"PT {PAPER}"
 
 
+def tasks(n: int) -> str:
+    return f"{n} task{'' if n == 1 else 's'}"
+
+
 def mean_sd(xs: list[float]) -> tuple[float, float | None]:
     return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else None)
 
@@ -221,7 +225,7 @@ def recipe_lines(camp: Campaign) -> list[str]:
         for r in shown:
             both = [t for t in camp.tasks if camp.mean(m, t, r) is not None and camp.mean(m, t, VANILLA) is not None]
             delta = [camp.mean(m, t, r) - camp.mean(m, t, VANILLA) for t in both]  # type: ignore[operator]
-            cells.append(f"{statistics.fmean(delta):+.1f} ({len(both)} tasks)" if delta else "")
+            cells.append(f"{statistics.fmean(delta):+.1f} ({tasks(len(both))})" if delta else "")
         chosen = {t: camp.best_new(m, t) for t in camp.tasks}
         complete = all(chosen.values()) and camp.task_average(m, VANILLA) is not None
         if complete:
@@ -285,7 +289,7 @@ def gap_lines(camp: Campaign) -> list[str]:
         if both:
             gap = statistics.fmean(camp.mean(m, t, VANILLA) - camp.mean(m, t, MODEL) for t in both)  # type: ignore[operator]
             gaps.append(gap)
-            out.append(f"- {camp.size(m)}: PT − MT = {gap:+.1f} points over {len(both)} tasks.")
+            out.append(f"- {camp.size(m)}: PT − MT = {gap:+.1f} points over {tasks(len(both))}.")
     if not out:
         return []
     trend = ""
