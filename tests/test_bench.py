@@ -61,6 +61,9 @@ def test_lr_bench(tiny_dirs: dict[str, Path], tmp_path: Path) -> None:
     assert bench.main(argv) == 0
     cell = json.loads((tmp_path / "r" / "lr_auto" / "llama_P2_auto.json").read_text())
     assert set(cell) >= PROVENANCE and cell["steps"] == 3 and cell["task"] == "toy"
+    # Step times come from the training log, so a cell resumed in another process still counts every step.
+    assert cell["median_step_seconds"] > 0 and cell["seconds_per_step"] == pytest.approx(cell["train_seconds"] / 3,
+                                                                                        abs=0.05)
     summary = json.loads((tmp_path / "r" / "lr_auto_cpu.json").read_text())
     assert summary["auto_runs"] == 2 and len(summary["runs"]) == 2
     # Resumable: finished cells are skipped; the summary and the plot are redrawn from them.
