@@ -136,11 +136,11 @@ def run_cell(model: str, p: int, args: argparse.Namespace, backbone: Any, task: 
     train_prompt(backbone, task, train, config, out, resume=True, progress=not args.no_progress)
     seconds = time.perf_counter() - t0
     log = [json.loads(line) for line in out.with_suffix(".metrics.jsonl").read_text().splitlines() if line.strip()]
-    steps = [r for r in sorted(log, key=lambda r: r["step"]) if "loss" in r]
-    losses = [r["loss"] for r in steps]
+    records = [r for r in sorted(log, key=lambda r: r["step"]) if "loss" in r]
+    losses = [r["loss"] for r in records]
     # The log's own step times: a cell resumed in another process (or on another day) counts all its steps, and
     # the median is not moved by a run paused for a while.
-    step_seconds = [r["step_seconds"] for r in steps if "step_seconds" in r]
+    step_seconds = [r["step_seconds"] for r in records if "step_seconds" in r]
     cell = {
         "model": model, "prompt_length": p, "label": args.label, "lr_setting": args.lr,
         "lr": resolve_lr(config, backbone), "embedding_std": backbone.embedding_std(), "init": args.init,
@@ -149,7 +149,8 @@ def run_cell(model: str, p: int, args: argparse.Namespace, backbone: Any, task: 
         "task": task.name,
         "losses": [round(x, 5) for x in losses], "largest_jump": round(largest_jump(losses), 5),
         "first_loss": losses[0], "last10_mean_loss": sum(losses[-10:]) / len(losses[-10:]),
-        "seconds": round(seconds, 1), "train_seconds": round(sum(step_seconds), 1),  # (this process; the log's)
+        # seconds: this process's wall time around training; train_seconds: every logged step's, resumed or not
+        "seconds": round(seconds, 1), "train_seconds": round(sum(step_seconds), 1),
         "seconds_per_step": round(sum(step_seconds) / max(1, len(step_seconds)), 3),
         "median_step_seconds": round(statistics.median(step_seconds), 3) if step_seconds else None,
         "load_average_before": load_before, **provenance(),

@@ -62,8 +62,9 @@ def is_new(name: str) -> bool:
     return name.startswith("PT ") and name != f"PT {PAPER}"
 
 
-def tasks(n: int) -> str:
-    return f"{n} task{'' if n == 1 else 's'}"
+def count(n: int, noun: str) -> str:
+    """``1 task``, ``3 tasks``."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def mean_sd(xs: list[float]) -> tuple[float, float | None]:
@@ -185,7 +186,7 @@ def campaign_section(rec: Records, name: str = CAMPAIGN) -> list[str]:
         return []
     sizes = [camp.size(m) for m in camp.models]
     lines = [f"## Figure 1 across model sizes (`configs/{name}.yaml`)", "",
-             f"{len(camp.cells)} cell{'s' if len(camp.cells) != 1 else ''} so far, on {len(camp.models)} of the grid's "
+             f"{count(len(camp.cells), 'cell')} so far, on {len(camp.models)} of the grid's "
              f"model sizes. " + INTRO, ""]
     lines += ["| task | recipe | " + " | ".join(sizes) + " | majority |", "|---|---|" + "---|" * (len(sizes) + 1)]
     for t in camp.tasks:
@@ -225,7 +226,7 @@ def recipe_lines(camp: Campaign) -> list[str]:
         for r in shown:
             both = [t for t in camp.tasks if camp.mean(m, t, r) is not None and camp.mean(m, t, VANILLA) is not None]
             delta = [camp.mean(m, t, r) - camp.mean(m, t, VANILLA) for t in both]  # type: ignore[operator]
-            cells.append(f"{statistics.fmean(delta):+.1f} ({tasks(len(both))})" if delta else "")
+            cells.append(f"{statistics.fmean(delta):+.1f} ({count(len(both), 'task')})" if delta else "")
         chosen = {t: camp.best_new(m, t) for t in camp.tasks}
         complete = all(chosen.values()) and camp.task_average(m, VANILLA) is not None
         if complete:
@@ -289,7 +290,7 @@ def gap_lines(camp: Campaign) -> list[str]:
         if both:
             gap = statistics.fmean(camp.mean(m, t, VANILLA) - camp.mean(m, t, MODEL) for t in both)  # type: ignore[operator]
             gaps.append(gap)
-            out.append(f"- {camp.size(m)}: PT − MT = {gap:+.1f} points over {tasks(len(both))}.")
+            out.append(f"- {camp.size(m)}: PT − MT = {gap:+.1f} points over {count(len(both), 'task')}.")
     if not out:
         return []
     trend = ""
