@@ -241,6 +241,37 @@ def test_transfer_grid_dry_runs_then_runs_the_source_first(sweep_dir: Path, tmp_
             load_config(write_config(tmp_path / "bad.yaml", {**config, "transfer": [pair]}))
 
 
+def test_only_shards_a_grid_and_the_shards_compute_what_one_run_does(sweep_dir: Path, tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """``--only`` runs the matching cells alone (two processes sharing a grid); a transfer cell whose source is
+    neither finished nor selected, or a pattern that matches nothing, is refused before anything trains; cell by
+    cell, the shards write what one whole run writes."""
+    a, b = (str(sweep_dir / t / f"{t}.yaml") for t in ("toy_a", "toy_b"))
+    raw = grid(sweep_dir, name="shards", models=[str(sweep_dir / "tiny-small")], pairs=[], tasks=[a],
+               transfer=[{"source": a, "target": b}], methods=["prompt-tuning", "prompt-design"],
+               prompt_lengths=[2], inits=["uniform"], shots=[0])
+    whole = load_config(write_config(tmp_path / "whole.yaml", {**raw, "output": str(tmp_path / "whole")}))
+    path = write_config(tmp_path / "shards.yaml", {**raw, "output": str(tmp_path / "shards")})
+    sharded = load_config(path)
+    source, design, target = (c.id for c in cells(sharded))
+    assert "prompt-design" in design and "from-toy_a" in target
+    for bad in (["--only", target], ["--only", "no-such-model__*"]):
+        assert main(["experiment", str(path), *bad]) == 2
+        assert "--only" in capsys.readouterr().err
+    assert not (sharded.out_dir / "cells").exists()  # refused before anything trained
+    assert main(["experiment", str(path), "--dry-run", "--only", "*__prompt-tuning__*"]) == 0
+    assert capsys.readouterr().out.split() == [source, target]
+    assert run_experiment(sharded, only=["*__uniform__*"], log=lambda _: None).ran == [source]
+    assert run_experiment(sharded, only=[target, design], log=lambda _: None).ran == [design, target]
+    assert run_experiment(whole, log=lambda _: None).ran == [source, design, target]
+    for cell in cells(sharded):
+        one, other = (json.loads(cell_path(c, cell).read_text()) for c in (sharded, whole))
+        assert one["score"] == other["score"] and one["metrics"] == other["metrics"]
+        if cell.method == "prompt-tuning":
+            assert torch.equal(load_prompt(prompt_path(sharded, cell)).prompt,
+                               load_prompt(prompt_path(whole, cell)).prompt)
+
+
 def test_report_with_missing_cells_lists_them(sweep_dir: Path, tmp_path: Path) -> None:
     config = load_config(write_config(tmp_path / "empty.yaml", grid(sweep_dir, name="empty")))
     text = write_report(config).read_text()

@@ -12,7 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from softprompt.cli.common import emit
-from softprompt.experiments.grid import cells, load_config, missing_models, preflight
+from softprompt.experiments.grid import cells, load_config, missing_models, preflight, select
 from softprompt.experiments.runner import run_experiment
 
 
@@ -33,6 +33,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "valid (two runs side by side on a small machine: one thread each)")
     p.add_argument("--dry-run", action="store_true",
                    help="validate and list the cells (models need not be installed); train nothing")
+    p.add_argument("--only", action="append", default=[], metavar="PATTERN",
+                   help="run (or list) only the cells whose id matches PATTERN (shell-style, e.g. "
+                        "'qwen2.5-1.5b__*'); repeatable. Two processes that share a grid give patterns that do not "
+                        "overlap: each runs its own cells, and the report covers every finished cell")
     p.add_argument("--progress", action="store_true", help="per-step progress bars")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=run)
@@ -54,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
         config = replace(config, threads=args.threads)
     if args.dry_run:
         preflight(config, check_models=False)
-        for c in cells(config):
+        for c in select(cells(config), args.only):
             print(c.id)
         missing = missing_models(config)
         if missing:  # a note on stderr: stdout stays one cell id a line
@@ -62,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
                   f"softprompt models install {' '.join(missing)})", file=sys.stderr)
         return 0
     if not args.report:
-        summary = run_experiment(config, progress=args.progress)
+        summary = run_experiment(config, progress=args.progress, only=args.only)
         result = {"ran": len(summary.ran), "skipped": len(summary.skipped), "reused": len(summary.reused),
                   "seconds": round(summary.seconds, 2), "cells_dir": str(config.out_dir / "cells")}
         if not args.json:

@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 
@@ -392,6 +394,19 @@ def cells(config: ExperimentConfig) -> list[Cell]:
         out += [Cell(model, "prompt-tuning", t.target, t.target, p, TRANSFER_PREFIX + t.source, s)
                 for t in config.transfer for p in config.prompt_lengths for s in config.seeds]
     return [c for c in dict.fromkeys(out) if not any(e.matches(c) for e in config.exclude)]
+
+
+def select(grid: Sequence[Cell], patterns: Sequence[str]) -> list[Cell]:
+    """The cells whose id matches one of ``patterns`` (shell-style, ``*`` and ``?``; case-sensitive), in grid
+    order; every cell when there are none. Lets two processes (or machines) share a grid without running the same
+    cell: e.g. ``qwen2.5-1.5b__*`` in one and ``smollm2-135m__*`` in the other. A pattern that matches no cell is an
+    error, not an empty run: it is almost always a typo."""
+    if not patterns:
+        return list(grid)
+    for pattern in patterns:
+        if not any(fnmatchcase(c.id, pattern) for c in grid):
+            raise ConfigError(f"--only {pattern!r} matches no cell of the grid (--dry-run lists the cell ids)")
+    return [c for c in grid if any(fnmatchcase(c.id, pattern) for pattern in patterns)]
 
 
 def source_cell(config: ExperimentConfig, cell: Cell) -> Cell:

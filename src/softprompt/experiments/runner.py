@@ -25,7 +25,7 @@ import json
 import shutil
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -40,7 +40,16 @@ from softprompt.evaluation.scoring import evaluate
 from softprompt.experiments.baselines.model_tuning import ModelTuneConfig, tune_model
 from softprompt.experiments.baselines.peft_prompt_tuning import tune_peft_prompt
 from softprompt.experiments.baselines.prompt_design import design_prompt
-from softprompt.experiments.grid import Cell, ExperimentConfig, cells, preflight, source_cell, variant_settings
+from softprompt.experiments.configfile import ConfigError
+from softprompt.experiments.grid import (
+    Cell,
+    ExperimentConfig,
+    cells,
+    preflight,
+    select,
+    source_cell,
+    variant_settings,
+)
 from softprompt.experiments.methods import count_parameters, task_parameters
 from softprompt.experiments.provenance import provenance
 from softprompt.tasks import Example, Task, get_task
@@ -306,19 +315,29 @@ def _write_record(config: ExperimentConfig, cell: Cell, record: dict[str, Any]) 
                  lambda tmp: Path(tmp).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n"))
 
 
-def run_experiment(config: ExperimentConfig, *, progress: bool = False,
+def run_experiment(config: ExperimentConfig, *, progress: bool = False, only: Sequence[str] = (),
                    log: Callable[[str], None] | None = None,
                    load: Callable[[str], Backbone] = load_backbone) -> RunSummary:
-    """Run every cell whose JSON does not exist yet; returns which cells ran and which were skipped."""
+    """Run every cell whose JSON does not exist yet; returns which cells ran and which were skipped.
+
+    ``only``: run just the cells whose id matches one of these patterns (:func:`~softprompt.experiments.grid.select`);
+    the finished cells of the whole grid are still checked for staleness, and a selected transfer cell needs its
+    source cell selected or finished, so that nothing fails half-way through."""
     preflight(config)
     if config.threads:
         torch.set_num_threads(config.threads)
     say = log or (lambda line: print(line, file=sys.stderr, flush=True))
-    grid = cells(config)
+    grid = select(cells(config), only)
+    for cell in grid:
+        if cell.source_task is not None:
+            source = source_cell(config, cell)
+            if source not in grid and not cell_path(config, source).is_file():
+                raise ConfigError(f"--only selects {cell.id}, whose prompt starts from {source.id}: that cell is "
+                                  "neither finished nor selected; select it too")
     summary = RunSummary()
     t0 = time.perf_counter()
     data = _Data(config)
-    stale = {c.id: why for c in grid if cell_path(config, c).is_file()
+    stale = {c.id: why for c in cells(config) if cell_path(config, c).is_file()
              and (why := stale_reasons(config, c, json.loads(cell_path(config, c).read_text())))}
     if stale:
         first, why = next(iter(stale.items()))
