@@ -323,11 +323,12 @@ def run_experiment(config: ExperimentConfig, *, progress: bool = False, only: Se
     ``only``: run just the cells whose id matches one of these patterns (:func:`~softprompt.experiments.grid.select`);
     the finished cells of the whole grid are still checked for staleness, and a selected transfer cell needs its
     source cell selected or finished, so that nothing fails half-way through."""
-    preflight(config)
+    grid = select(cells(config), only)
+    # A shard needs only its own models installed (and its data files).
+    preflight(replace(config, models=list(dict.fromkeys(c.model for c in grid))))
     if config.threads:
         torch.set_num_threads(config.threads)
     say = log or (lambda line: print(line, file=sys.stderr, flush=True))
-    grid = select(cells(config), only)
     for cell in grid:
         if cell.source_task is not None:
             source = source_cell(config, cell)
