@@ -324,17 +324,17 @@ def run_experiment(config: ExperimentConfig, *, progress: bool = False, only: Se
     the finished cells of the whole grid are still checked for staleness, and a selected transfer cell needs its
     source cell selected or finished, so that nothing fails half-way through."""
     grid = select(cells(config), only)
-    # A shard needs only its own models installed (and its data files).
-    preflight(replace(config, models=list(dict.fromkeys(c.model for c in grid))))
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    say = log or (lambda line: print(line, file=sys.stderr, flush=True))
     for cell in grid:
         if cell.source_task is not None:
             source = source_cell(config, cell)
             if source not in grid and not cell_path(config, source).is_file():
                 raise ConfigError(f"--only selects {cell.id}, whose prompt starts from {source.id}: that cell is "
                                   "neither finished nor selected; select it too")
+    # A shard needs only its own models installed (and its data files).
+    preflight(replace(config, models=list(dict.fromkeys(c.model for c in grid))))
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    say = log or (lambda line: print(line, file=sys.stderr, flush=True))
     summary = RunSummary()
     t0 = time.perf_counter()
     data = _Data(config)
