@@ -390,6 +390,22 @@ def test_dry_run_lists_cells_of_models_not_installed_yet(sweep_dir: Path, tmp_pa
     assert calls == ["gemma3-270m"] and "installing built-in model gemma3-270m" in capsys.readouterr().err
 
 
+def test_a_dry_run_of_a_shard_notes_only_the_shards_missing_models(sweep_dir: Path, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    for name in ("gemma3-270m", "qwen2.5-0.5b"):
+        not_installed(monkeypatch, tmp_path, name)
+    config = grid(sweep_dir, name="fresh", models=["gemma3-270m", "qwen2.5-0.5b"], pairs=[],
+                  methods=["prompt-design"], shots=[0])
+    path = write_config(tmp_path / "fresh.yaml", config)
+    assert main(["experiment", str(path), "--dry-run"]) == 0
+    assert "not installed yet: gemma3-270m qwen2.5-0.5b" in capsys.readouterr().err
+    assert main(["experiment", str(path), "--dry-run", "--only", "qwen2.5-0.5b__*"]) == 0
+    out = capsys.readouterr()
+    assert out.out.split() == ["qwen2.5-0.5b__prompt-design__toy_a__k0"]
+    assert "not installed yet: qwen2.5-0.5b (" in out.err and "gemma3-270m" not in out.err
+
+
 def test_variants_run_beside_the_grids_recipe_on_the_models_they_name(sweep_dir: Path, tmp_path: Path) -> None:
     small, large = str(sweep_dir / "tiny-small"), str(sweep_dir / "tiny-large")
     config = load_config(write_config(tmp_path / "v.yaml", grid(

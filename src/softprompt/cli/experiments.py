@@ -12,7 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from softprompt.cli.common import emit
-from softprompt.experiments.grid import cells, load_config, missing_models, preflight, select
+from softprompt.experiments.grid import cells, load_config, missing_models, narrowed, preflight, select
 from softprompt.experiments.runner import run_experiment
 
 
@@ -57,10 +57,11 @@ def run(args: argparse.Namespace) -> int:
             return 2
         config = replace(config, threads=args.threads)
     if args.dry_run:
-        preflight(config, check_models=False)
-        for c in select(cells(config), args.only):
+        shard = select(cells(config), args.only)
+        preflight(narrowed(config, shard), check_models=False)
+        for c in shard:
             print(c.id)
-        missing = missing_models(config)
+        missing = missing_models(narrowed(config, shard))
         if missing:  # a note on stderr: stdout stays one cell id a line
             print(f"softprompt experiment: not installed yet: {' '.join(missing)} (a run installs them first; or: "
                   f"softprompt models install {' '.join(missing)})", file=sys.stderr)

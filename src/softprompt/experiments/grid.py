@@ -409,6 +409,12 @@ def select(grid: Sequence[Cell], patterns: Sequence[str]) -> list[Cell]:
     return [c for c in grid if any(fnmatchcase(c.id, pattern) for pattern in patterns)]
 
 
+def narrowed(config: ExperimentConfig, grid: Sequence[Cell]) -> ExperimentConfig:
+    """``config`` with only the models that ``grid`` (a shard of its cells) uses: a shard installs, and a dry run
+    reports missing, only what that shard needs."""
+    return replace(config, models=list(dict.fromkeys(c.model for c in grid)))
+
+
 def source_cell(config: ExperimentConfig, cell: Cell) -> Cell:
     """The cell whose prompt initialises a transfer cell: the source task's, same model, P and seed, first init."""
     source = cell.source_task

@@ -45,6 +45,7 @@ from softprompt.experiments.grid import (
     Cell,
     ExperimentConfig,
     cells,
+    narrowed,
     preflight,
     select,
     source_cell,
@@ -323,22 +324,22 @@ def run_experiment(config: ExperimentConfig, *, progress: bool = False, only: Se
     ``only``: run just the cells whose id matches one of these patterns (:func:`~softprompt.experiments.grid.select`);
     the finished cells of the whole grid are still checked for staleness, and a selected transfer cell needs its
     source cell selected or finished, so that nothing fails half-way through."""
-    grid = select(cells(config), only)
+    everything = cells(config)
+    grid = select(everything, only)
     for cell in grid:
         if cell.source_task is not None:
             source = source_cell(config, cell)
             if source not in grid and not cell_path(config, source).is_file():
                 raise ConfigError(f"--only selects {cell.id}, whose prompt starts from {source.id}: that cell is "
                                   "neither finished nor selected; select it too")
-    # A shard needs only its own models installed (and its data files).
-    preflight(replace(config, models=list(dict.fromkeys(c.model for c in grid))))
+    preflight(narrowed(config, grid))
     if config.threads:
         torch.set_num_threads(config.threads)
     say = log or (lambda line: print(line, file=sys.stderr, flush=True))
     summary = RunSummary()
     t0 = time.perf_counter()
     data = _Data(config)
-    stale = {c.id: why for c in cells(config) if cell_path(config, c).is_file()
+    stale = {c.id: why for c in everything if cell_path(config, c).is_file()
              and (why := stale_reasons(config, c, json.loads(cell_path(config, c).read_text())))}
     if stale:
         first, why = next(iter(stale.items()))
