@@ -199,18 +199,29 @@ def plot(results: Path, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     cells = [json.loads(p.read_text()) for p in sorted(cells_dir(results).glob("*.json"))]
-    models = list(dict.fromkeys(c["model"] for c in cells))
-    fig, axes = plt.subplots(1, len(models), figsize=(4.2 * len(models), 3.4), squeeze=False, sharey=True)
+    found = list(dict.fromkeys(c["model"] for c in cells))
+    models = [m for m in MODELS if m in found] + [m for m in found if m not in MODELS]  # smallest first
+    fig, axes = plt.subplots(1, len(models), figsize=(4.2 * len(models), 3.6), squeeze=False, sharey=True)
     for ax, model in zip(axes[0], models, strict=True):
-        for c in sorted((c for c in cells if c["model"] == model), key=lambda c: (c["label"], c["prompt_length"])):
-            # lr auto's cells stand out; the other step sizes tried are drawn faint behind them
-            auto = c["label"] == "auto"
-            ax.plot(range(1, len(c["losses"]) + 1), c["losses"], "-" if auto else ":", lw=1.2 if auto else 0.8,
-                    alpha=1.0 if auto else 0.45, zorder=2 if auto else 1,
-                    label=f"P={c['prompt_length']} {c['label']} (lr {c['lr']:.3g}, jump {c['largest_jump']:.2f})")
-        ax.set_title(model)
+        mine = sorted((c for c in cells if c["model"] == model), key=lambda c: (c["label"], c["prompt_length"]))
+        auto = [c for c in mine if c["label"] == "auto"]
+        others = [c for c in mine if c["label"] not in ("auto", "paper")]
+        # lr auto's cells stand out, the paper's setting beside them; the other step sizes tried while choosing the
+        # rule are drawn faint behind, with one legend entry (their numbers are in the summary JSON)
+        for i, c in enumerate(others):
+            ax.plot(range(1, len(c["losses"]) + 1), c["losses"], ":", color="0.6", lw=0.8, alpha=0.5, zorder=1,
+                    label=f"{len(others)} other step sizes tried" if i == 0 else None)
+        for c in mine:
+            if c["label"] == "paper":
+                ax.plot(range(1, len(c["losses"]) + 1), c["losses"], "--", color="black", lw=1.0, zorder=2,
+                        label=f"paper lr {c['lr']:.3g}, P={c['prompt_length']} (jump {c['largest_jump']:.2f})")
+        for c in auto:
+            ax.plot(range(1, len(c["losses"]) + 1), c["losses"], "-", lw=1.2, zorder=3,
+                    label=f"P={c['prompt_length']} (jump {c['largest_jump']:.2f})")
+        lrs = sorted({f"{c['lr']:.3g}" for c in auto})
+        ax.set_title(f"{model}: lr auto = {', '.join(lrs)}" if lrs else model, fontsize=10)
         ax.set_xlabel("step")
-        ax.legend(fontsize=6)
+        ax.legend(fontsize=7)
     axes[0][0].set_ylabel("training loss (nats)")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
