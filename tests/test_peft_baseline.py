@@ -186,3 +186,21 @@ def test_refusals_and_the_label_text(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "lacks: upgrade PEFT" in refusals(["sampled-vocab"], TrainConfig())[0]
     monkeypatch.setattr(peft_prompt_tuning.importlib.util, "find_spec", lambda name: None)
     assert refusals(["class-label"], TrainConfig()) == ["method peft-prompt-tuning needs PEFT: pip install peft"]
+
+
+def test_a_resumed_cell_records_the_step_it_went_on_from(root: Path, tmp_path: Path) -> None:
+    """A cell continued from its checkpoint times only the steps after it: the record says from which step, so that
+    seconds per step are not the continuation's seconds spread over every step."""
+    short = {"prompt_tuning": {"steps": 2, "batch_size": 4, "schedule": "constant", "save_every": 1}}
+    config = load_config(grid(root, tmp_path, models=[str(root / "tiny-small")], inits=["class-label"], **short))
+    run_experiment(config, log=lambda _: None)
+    first = {c.id: json.loads(cell_path(config, c).read_text()) for c in cells(config)}
+    assert all("resumed_from_step" not in r for r in first.values())
+    # The same cells, two steps longer (a constant step size may be extended): each goes on from its step 2.
+    for c in cells(config):
+        cell_path(config, c).unlink()
+    longer = {"prompt_tuning": {**short["prompt_tuning"], "steps": 4}}
+    config = load_config(grid(root, tmp_path, models=[str(root / "tiny-small")], inits=["class-label"], **longer))
+    run_experiment(config, log=lambda _: None)
+    tuned = [json.loads(cell_path(config, c).read_text()) for c in cells(config) if c.method != "prompt-design"]
+    assert len(tuned) == 2 and all(r["train"]["steps"] == 4 and r["resumed_from_step"] == 2 for r in tuned)

@@ -55,8 +55,9 @@ from softprompt.experiments.methods import count_parameters, task_parameters
 from softprompt.experiments.provenance import provenance
 from softprompt.tasks import Example, Task, get_task
 from softprompt.tasks.selection import SelectionSplit, selection_split
+from softprompt.training.checkpoint import checkpoint_step
 from softprompt.training.initializers import TRANSFER_PREFIX
-from softprompt.training.loop import saved_defaults
+from softprompt.training.loop import RunFiles, saved_defaults
 from softprompt.training.prompt_tuning import AUTO_LR_SCALE, LEGACY_AUTO_LR_SCALE, TrainConfig, train_prompt
 
 __all__ = ["RunSummary", "load_cells", "reusable", "run_cell", "run_experiment"]
@@ -231,6 +232,11 @@ def run_cell(config: ExperimentConfig, cell: Cell, backbone: Backbone, data: _Da
     selection_info: dict[str, Any] = {}
     tuned: Backbone | None = None
     settings = method_settings(config, cell)
+    # A resumed cell's train_seconds cover only the steps this process ran: record from which step it went on.
+    stem = prompt_path(config, trained_with(config, cell) if cell.method == "prompt-tuning" else cell).with_suffix("")
+    if isinstance(settings, ModelTuneConfig):
+        stem = config.out_dir / "models" / cell.id
+    resumed_from = checkpoint_step(RunFiles.named(stem).checkpoint) if cell.method != "prompt-design" else 0
     if cell.method == "peft-prompt-tuning" and isinstance(settings, TrainConfig):
         train, selection, selection_info = data.training(cell.train_task, settings.eval_every, settings.eval_limit)
         # Its resume checkpoint lies beside the cells, as a prompt-tuning cell's: a killed cell continues where it was.
@@ -303,6 +309,7 @@ def run_cell(config: ExperimentConfig, cell: Cell, backbone: Backbone, data: _Da
            if isinstance(settings, TrainConfig) and settings.lr == "auto" else {}),
         "seconds": round(time.perf_counter() - t0, 2),
         "train_seconds": round(train_seconds, 2),
+        **({"resumed_from_step": resumed_from} if resumed_from else {}),
         **extra,
         **provenance(),
         "cell_format": CELL_FORMAT,
