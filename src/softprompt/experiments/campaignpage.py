@@ -266,7 +266,7 @@ def peer_lines(camp: Campaign) -> list[str]:
         return []
     out = ["**softprompt vs PEFT** (the same rows, init text, optimizer and selection; seconds per training step "
            "include the selection evals, alike for both, but each cell's come from the machine and load it ran on, "
-           "which its record names: the side-by-side step time is `bench/train_step_bench.py`'s).", "",
+           "which its record names).", "",
            "| size | task | softprompt PT | PEFT PT | Δ | pooled sd | within bar | s/step softprompt | s/step PEFT |",
            "|---|---|---|---|---|---|---|---|---|"]
     for m, t in pairs:
@@ -279,8 +279,11 @@ def peer_lines(camp: Campaign) -> list[str]:
         out.append(f"| {camp.size(m)} | {slug(t)} | {show(a)} | {show(b)} | {delta:+.1f} | "
                    f"{'' if sd is None else f'{sd:.1f}'} | {ok} | {'' if not sa else f'{statistics.fmean(sa):.2f}'} | "
                    f"{'' if not sb else f'{statistics.fmean(sb):.2f}'} |")
-    out += ["", f"- Bar: |Δ| ≤ {PEFT_POOLED_SDS:g} pooled standard deviations over ≥ {PEFT_MIN_SEEDS} seeds, and "
-            "softprompt faster per step; a blank in *within bar* means fewer seeds ran."]
+    out += ["", f"- Bar: |Δ| ≤ {PEFT_POOLED_SDS:g} pooled standard deviations over ≥ {PEFT_MIN_SEEDS} seeds "
+            "(*within bar*; a blank means fewer seeds ran), and softprompt faster per step. Speed is judged by "
+            "`bench/train_step_bench.py`, which times both side by side on one machine "
+            "(`bench/results/train_step_cpu.json`), not by the two s/step columns, whose cells ran on different "
+            "machines and loads."]
     return out
 
 
