@@ -55,9 +55,8 @@ from softprompt.experiments.methods import count_parameters, task_parameters
 from softprompt.experiments.provenance import provenance
 from softprompt.tasks import Example, Task, get_task
 from softprompt.tasks.selection import SelectionSplit, selection_split
-from softprompt.training.checkpoint import checkpoint_step
 from softprompt.training.initializers import TRANSFER_PREFIX
-from softprompt.training.loop import RunFiles, saved_defaults
+from softprompt.training.loop import saved_defaults
 from softprompt.training.prompt_tuning import AUTO_LR_SCALE, LEGACY_AUTO_LR_SCALE, TrainConfig, train_prompt
 
 __all__ = ["RunSummary", "load_cells", "reusable", "run_cell", "run_experiment"]
@@ -230,13 +229,9 @@ def run_cell(config: ExperimentConfig, cell: Cell, backbone: Backbone, data: _Da
     extra: dict[str, Any] = {}
     train_metrics: dict[str, Any] = {}
     selection_info: dict[str, Any] = {}
+    resumed_from = 0  # a resumed cell's train_seconds cover only the steps this process ran: it says from which
     tuned: Backbone | None = None
     settings = method_settings(config, cell)
-    # A resumed cell's train_seconds cover only the steps this process ran: record from which step it went on.
-    stem = prompt_path(config, trained_with(config, cell) if cell.method == "prompt-tuning" else cell).with_suffix("")
-    if isinstance(settings, ModelTuneConfig):
-        stem = config.out_dir / "models" / cell.id
-    resumed_from = checkpoint_step(RunFiles.named(stem).checkpoint) if cell.method != "prompt-design" else 0
     if cell.method == "peft-prompt-tuning" and isinstance(settings, TrainConfig):
         train, selection, selection_info = data.training(cell.train_task, settings.eval_every, settings.eval_limit)
         # Its resume checkpoint lies beside the cells, as a prompt-tuning cell's: a killed cell continues where it was.
@@ -245,6 +240,7 @@ def run_cell(config: ExperimentConfig, cell: Cell, backbone: Backbone, data: _Da
         pm = PromptedModel(backbone, PromptBank(peer.prompt.unsqueeze(0)))
         train_metrics = {**peer.metrics, "losses": peer.losses, "history": peer.history}
         extra = {"loss_first": peer.losses[0], "loss_last": peer.losses[-1], "peft": peer.peft}
+        resumed_from = peer.resumed_from_step
     elif isinstance(settings, TrainConfig):
         tc = settings
         train, selection, selection_info = data.training(cell.train_task, tc.eval_every, tc.eval_limit)
@@ -264,6 +260,7 @@ def run_cell(config: ExperimentConfig, cell: Cell, backbone: Backbone, data: _Da
         pm = PromptedModel(backbone, PromptBank(result.prompt.unsqueeze(0)))
         # The selection scores of every eval, so a record shows why its step was kept (empty: nothing selected).
         train_metrics = {**result.metrics, "history": result.state.history}
+        resumed_from = result.resumed_from_step
     elif isinstance(settings, ModelTuneConfig):
         mc = settings
         train, selection, selection_info = data.training(cell.train_task, mc.eval_every, mc.eval_limit)
@@ -274,6 +271,7 @@ def run_cell(config: ExperimentConfig, cell: Cell, backbone: Backbone, data: _Da
         tuned = mt.backbone
         pm = PromptedModel(tuned, PromptBank(torch.zeros(1, 0, tuned.hidden_size)))
         train_metrics = mt.metrics
+        resumed_from = mt.resumed_from_step
         extra = {"loss_first": mt.losses[0], "loss_last": mt.losses[-1]}
     else:
         pool = data.examples(cell.eval_task, "train", config.train_limit) if cell.shots else []

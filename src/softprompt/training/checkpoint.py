@@ -105,18 +105,6 @@ def _from_prompt_format(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
     return out
 
 
-def checkpoint_step(path: Path) -> int:
-    """The step a resume checkpoint was written after, read from its header alone; 0 when there is none (a run
-    that starts fresh)."""
-    if not path.is_file():
-        return 0
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            return int(json.loads((f.metadata() or {}).get("state", "{}")).get("step", 0))
-    except (SafetensorError, OSError, ValueError):
-        return 0  # unreadable: the run refuses it itself, with the reason
-
-
 def load_checkpoint(path: Path) -> Checkpoint:
     try:
         with safe_open(str(path), framework="pt") as f:

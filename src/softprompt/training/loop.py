@@ -204,6 +204,16 @@ class LoopResult:
     state: TrainState
     best: dict[str, Tensor] | None
     """the best step's snapshot; None when the parameters the run ended with are it (or nothing selected)"""
+    resumed_from_step: int = 0
+    """the step the run went on from (0: it started fresh), so a caller can say which steps this process ran"""
+
+    def summary(self, metric: str) -> dict[str, Any]:
+        """What every method records of its run: steps, and the kept step and its selection score ``metric`` (when
+        it selected). The same for a resumed run as for one that was not killed (resume is exact)."""
+        out: dict[str, Any] = {"steps": self.state.step}
+        if self.state.best_metric is not None:
+            out.update({f"best_selection_{metric}": self.state.best_metric, "best_step": self.state.best_step})
+        return out
 
 
 def start_run(config: LoopConfig, files: RunFiles | None, resume: bool) -> Checkpoint | None:
@@ -304,6 +314,7 @@ def train_loop(job: Trainable, config: LoopConfig, files: RunFiles | None, *, st
     if start is not None:
         _restore(job, optimizer, start)
         state, best = start.state, start.best or None
+    first_step = state.step
     if dist is not None:
         # Replicas must start equal; inits are seeded, but a GPU kernel need not be bit-deterministic.
         with torch.no_grad():
@@ -356,4 +367,4 @@ def train_loop(job: Trainable, config: LoopConfig, files: RunFiles | None, *, st
         bar.close()
         if log is not None:
             log.close()
-    return LoopResult(state, best)
+    return LoopResult(state, best, first_step)

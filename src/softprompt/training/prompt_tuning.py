@@ -86,6 +86,7 @@ class TrainResult:
     prompt: torch.Tensor  # [P, H], the selected (best or last) prompt
     metrics: dict[str, Any] = field(default_factory=dict)
     state: TrainState = field(default_factory=TrainState)
+    resumed_from_step: int = 0  # the step this process went on from (0: it started fresh)
 
 
 # Adafactor without parameter scaling (and Adam) moves every prompt value by about lr per step, whatever the size of
@@ -179,9 +180,7 @@ def train_prompt(
                       progress=progress, dist=dist)
     state = done.state
     chosen = done.best["prompt"] if done.best is not None else fold(pm.bank)
-    metrics: dict[str, Any] = {"steps": state.step, "lr": lr}
-    if state.best_metric is not None:
-        metrics.update({f"best_selection_{task.primary_metric}": state.best_metric, "best_step": state.best_step})
+    metrics: dict[str, Any] = {**done.summary(task.primary_metric), "lr": lr}
     # The input format the prompt was trained under; prompt tuning prepends no instruction (prompt design does).
     template = task.spec.template if isinstance(task, FileTask) else task.text_template
     meta = PromptMeta.for_backbone(backbone, config.prompt_length, init=config.init, task=task.name,
@@ -193,4 +192,4 @@ def train_prompt(
         save_prompt(out, chosen, meta)
     if dist is not None:
         dist.barrier()  # every process returns only once the files exist
-    return TrainResult(chosen.cpu(), metrics, state)
+    return TrainResult(chosen.cpu(), metrics, state, done.resumed_from_step)

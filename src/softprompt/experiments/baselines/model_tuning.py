@@ -56,6 +56,7 @@ class ModelTuneResult:
     backbone: Backbone  # the tuned copy (the selected step's weights when a selection set was given)
     metrics: dict[str, Any] = field(default_factory=dict)
     losses: list[float] = field(default_factory=list)
+    resumed_from_step: int = 0  # the step this process went on from (0: it started fresh)
 
 
 def unfrozen_copy(backbone: Backbone) -> Backbone:
@@ -133,10 +134,8 @@ def tune_model(
                       progress=progress)
     finish(params, done.best)
     state = done.state
-    metrics: dict[str, Any] = {"steps": state.step, "trainable_params": count_parameters(tuned.model),
+    metrics: dict[str, Any] = {**done.summary(task.primary_metric), "trainable_params": count_parameters(tuned.model),
                                "train_seconds": round(time.perf_counter() - t0, 2)}
-    if state.best_metric is not None:
-        metrics.update({f"best_selection_{task.primary_metric}": state.best_metric, "best_step": state.best_step})
     if out is not None:
         save_model_folder(tuned, Path(out), {"method": "model-tuning", "base_model": backbone.name,
                                              "task": task.name, "train_config": asdict(config),
@@ -144,4 +143,4 @@ def tune_model(
                                              "selection": {**(selection_info or {}), "examples": len(selection)}
                                              if selection else {},
                                              "loss_first": state.losses[0], "loss_last": state.losses[-1]})
-    return ModelTuneResult(tuned, metrics, state.losses)
+    return ModelTuneResult(tuned, metrics, state.losses, done.resumed_from_step)

@@ -138,6 +138,8 @@ class PeftResult:
     """the selection scores of every eval"""
     peft: dict[str, Any] = field(default_factory=dict)
     """what trained it: PEFT's version and its PromptTuningConfig fields"""
+    resumed_from_step: int = 0
+    """the step this process went on from (0: it started fresh)"""
 
 
 def tune_peft_prompt(
@@ -222,14 +224,12 @@ def tune_peft_prompt(
               **{k: v for k, v in json_config(pconfig).items()
                  if k in ("task_type", "num_virtual_tokens", "num_transformer_submodules", "prompt_tuning_init",
                           "prompt_tuning_init_text", "tokenizer_name_or_path")}}
-    metrics: dict[str, Any] = {"steps": state.step, "lr": lr}
-    if state.best_metric is not None:
-        metrics.update({f"best_selection_{task.primary_metric}": state.best_metric, "best_step": state.best_step})
+    metrics: dict[str, Any] = {**done.summary(task.primary_metric), "lr": lr}
     prompt, _ = read_peft(adapter)
     pf = import_prompt(prompt, backbone, out, source=str(adapter),
                        extra={"method": "peft-prompt-tuning", "task": task.name, "peft": record,
                               "train_config": asdict(config), "metrics": metrics})
-    return PeftResult(pf.prompt, list(state.losses), metrics, list(state.history), record)
+    return PeftResult(pf.prompt, list(state.losses), metrics, list(state.history), record, done.resumed_from_step)
 
 
 def json_config(pconfig: Any) -> dict[str, Any]:
