@@ -202,16 +202,24 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path: Path, tiny_dirs: dic
     proc = subprocess.Popen(_train_cmd(model, data, killed, steps, *extra), env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     fresh = torch.amp.GradScaler("cpu", growth_interval=2).state_dict()
+
+    def ready() -> bool:
+        """Whether the checkpoint on disk is one worth killing at (fp16: a scaler state not a fresh one's)."""
+        try:
+            seen = load_checkpoint(ckpt)
+        except ValueError:  # not written yet, or mid-write
+            return False
+        return 4 <= seen.state.step < steps and (extra != FP16 or seen.scaler_state != fresh)
+
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
-        if ckpt.is_file():
-            try:
-                seen = load_checkpoint(ckpt)
-                # fp16: kill only once the scaler's state is not a fresh one's, so restoring it is what is tested
-                if seen.state.step >= 4 and (extra != FP16 or seen.scaler_state != fresh):
-                    break
-            except ValueError:
-                pass
+        # Check, then freeze the run and check again: the run keeps writing checkpoints, so only the one on disk
+        # while it is stopped is the one the kill leaves behind (a later write could bring a fresh scaler back).
+        if ready():
+            proc.send_signal(signal.SIGSTOP)
+            if ready():
+                break
+            proc.send_signal(signal.SIGCONT)
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
