@@ -72,6 +72,8 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
         set_score(find("model-tuning"), 0.70, task=cb),
         set_score(find("prompt-tuning", "residual"), 0.45, 0.9, task=cb),
         set_score(find("prompt-tuning", transfer=True), 0.95, 0.6),
+        # the transfer source: trained, never reported
+        cells["smollm2-135m__prompt-tuning__rte__P20__class-label__s0"],
     ]
     for c in out:
         (folder / f"{c['id']}.json").write_text(json.dumps(c))
@@ -102,6 +104,11 @@ def test_the_campaign_section(root: Path) -> None:
     assert f"| {size} | sst2 | 82.0 ± 2.0 (n=3) | 83.0 ± 2.0 (n=3) | -1.0 | 2.0 | yes |" in text
     # PT − MT: sst2 82 − 90, cb 50 − 70
     assert f"- {size}: PT − MT = {((82 - 90) + (50 - 70)) / 2:+.1f} points over 2 tasks." in text
+    # time: every cell of a size counts, the transfer source's too, in hours of its own seconds
+    mine = [c for c in Records(root).cells("scale_campaign") if c["cell"]["model"] == model]
+    assert any(c["method"] == "prompt-tuning" and c["cell"]["eval_task"] not in camp.tasks for c in mine)
+    hours = sum(c["seconds"] for c in mine) / 3600
+    assert f"{size}: {len(mine)} cells, {hours:.1f} h" in text
 
 
 def test_the_page_draws_and_links_figure_one(root: Path) -> None:

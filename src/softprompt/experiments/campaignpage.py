@@ -204,12 +204,33 @@ def campaign_section(rec: Records, name: str = CAMPAIGN) -> list[str]:
     figure = rec.root / "docs" / "results" / name / FIGURE
     if figure.is_file():
         lines += ["", f"![Figure 1: score vs model size, {name}](results/{name}/{FIGURE})"]
-    for block in (recipe_lines(camp), peer_lines(camp), gap_lines(camp)):
+    for block in (recipe_lines(camp), peer_lines(camp), gap_lines(camp), time_lines(rec, name)):
         if block:
             lines += ["", *block]
     lines += ["", f"Reproduce: `softprompt experiment configs/{name}.yaml --output results` (resumable cell by cell; "
               f"days of two-core CPU in all), then `{COMMAND}`.", ""]
     return lines
+
+
+def time_lines(rec: Records, name: str = CAMPAIGN) -> list[str]:
+    """The hours each size's finished cells took, from their own ``seconds`` (what a rerun should plan for)."""
+    hours: dict[str, float] = defaultdict(float)
+    cells: dict[str, int] = defaultdict(int)
+    resumed: dict[str, int] = defaultdict(int)
+    params: dict[str, int] = {}
+    for c in rec.cells(name):  # every cell, the transfer sources too: they cost time like the others
+        m = c["cell"]["model"]
+        hours[m] += c["seconds"] / 3600
+        cells[m] += 1
+        resumed[m] += bool(c.get("resumed_from_step"))
+        params[m] = c["model"]["parameters"]
+    if not cells:
+        return []
+    sizes = sorted(cells, key=params.__getitem__)
+    shown = "; ".join(f"{_human(params[m])}: {count(cells[m], 'cell')}, {hours[m]:.1f} h"
+                      + (f" ({resumed[m]} resumed)" if resumed[m] else "") for m in sizes)
+    return ["**Time so far** (each cell's own `seconds` on the machine its record names, two CPU threads; a resumed "
+            f"cell counts only the run that finished it, so these are lower bounds): {shown}."]
 
 
 def recipe_lines(camp: Campaign) -> list[str]:
