@@ -229,7 +229,7 @@ def time_lines(rec: Records, name: str = CAMPAIGN) -> list[str]:
     sizes = sorted(cells, key=params.__getitem__)
     shown = "; ".join(f"{_human(params[m])}: {count(cells[m], 'cell')}, {hours[m]:.1f} h"
                       + (f" ({resumed[m]} resumed)" if resumed[m] else "") for m in sizes)
-    return ["**Time so far** (each cell's own `seconds` on the machine its record names, two CPU threads; a resumed "
+    return ["**Time so far** (each cell's own `seconds` on the machine and threads its record names; a resumed "
             f"cell counts only the run that finished it, so these are lower bounds): {shown}."]
 
 

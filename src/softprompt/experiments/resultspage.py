@@ -76,7 +76,8 @@ def settings_line(cells: list[dict[str, Any]]) -> str:
     split = values(c["eval"]["split"] for c in cells)
     parts.append(f"all {split} examples" if limits == {None} else
                  f"first {values(x for x in limits if x is not None)} {split} examples per task")
-    parts.append(f"{values(c['machine']['threads'] for c in cells)} CPU threads")
+    threads = {c["machine"]["threads"] for c in cells}
+    parts.append(f"{values(threads)} CPU thread{'' if threads == {1} else 's'}")
     reused = Counter(c["reused_from"] for c in cells if c.get("reused_from"))
     parts += [f"{n} of the cells copied from `{grid}` (same settings, not trained again)" for grid, n in reused.items()]
     return "Settings, as the cells recorded them: " + "; ".join(parts) + "."
