@@ -107,6 +107,34 @@ def test_a_pair_cell_evaluates_the_prompt_its_in_domain_sibling_trained(sweep_di
     assert torch.equal(load_prompt(prompt_path(alone, only)).prompt, load_prompt(prompt_path(config, home)).prompt)
 
 
+def test_a_model_tuning_pair_cell_evaluates_the_model_its_in_domain_sibling_trained(sweep_dir: Path,
+                                                                                   tmp_path: Path) -> None:
+    """A model-tuning pair cell trains what its in-domain sibling trains: in one run the model is trained once and
+    both cells evaluate it, with the scores a pair trained on its own gets."""
+    raw = grid(sweep_dir, output=str(tmp_path / "results"), models=[str(sweep_dir / "tiny-small")],
+               methods=["model-tuning"], seeds=[0],
+               model_tuning={"steps": 3, "batch_size": 4, "lr": 1e-3, "eval_every": 2, "eval_limit": 4})
+    config = load_config(write_config(tmp_path / "mt.yaml", raw))
+    home, pair = sorted(cells(config), key=lambda c: c.train_task != c.eval_task)
+    assert trained_with(config, pair) == home
+    ran = run_experiment(config, log=lambda _: None)
+    assert ran.ran == [home.id, pair.id]
+    a, b = (json.loads(cell_path(config, c).read_text()) for c in (home, pair))
+    assert b["model_trained_by"] == home.id and "model_trained_by" not in a
+    assert b["train"] == a["train"] and b["loss_last"] == a["loss_last"]
+    assert b["resumed_from_step"] == a["train"]["steps"] == 3  # it took no step of its own
+    # Alone in its grid the pair trains its own model: the same one, so the same scores.
+    alone = load_config(write_config(tmp_path / "alone.yaml", {**raw, "name": "alone", "tasks": []}))
+    (only,) = cells(alone)
+    run_experiment(alone, log=lambda _: None)
+    c = json.loads(cell_path(alone, only).read_text())
+    def untimed(train: dict) -> dict:
+        return {k: v for k, v in train.items() if k != "train_seconds"}
+
+    assert "model_trained_by" not in c and untimed(c["train"]) == untimed(b["train"]) and c["metrics"] == b["metrics"]
+    assert c["train"]["steps"] == 3 and "best_step" in c["train"]  # the kept step is compared too
+
+
 def test_sweep_runs_resumes_and_reports(sweep_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
                                         ) -> None:
     path = write_config(tmp_path / "tiny.yaml", grid(sweep_dir))

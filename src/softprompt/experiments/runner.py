@@ -37,7 +37,7 @@ from softprompt.core.bank import PromptBank
 from softprompt.core.files import atomic_write
 from softprompt.core.prompted import PromptedModel
 from softprompt.evaluation.scoring import evaluate
-from softprompt.experiments.baselines.model_tuning import ModelTuneConfig, tune_model
+from softprompt.experiments.baselines.model_tuning import ModelTuneConfig, ModelTuneResult, tune_model
 from softprompt.experiments.baselines.peft_prompt_tuning import tune_peft_prompt
 from softprompt.experiments.baselines.prompt_design import design_prompt
 from softprompt.experiments.configfile import ConfigError
@@ -126,10 +126,11 @@ def prompt_path(config: ExperimentConfig, cell: Cell) -> Path:
 
 
 def trained_with(config: ExperimentConfig, cell: Cell) -> Cell:
-    """The cell whose training ``cell`` shares. A prompt-tuning cell evaluated on another task (a ``pairs`` entry)
-    trains exactly what its in-domain sibling trains (the same train task, slice, settings and seed): when the grid
-    has that sibling, the prompt is trained once, under the sibling's name, and both cells evaluate it."""
-    if cell.method != "prompt-tuning" or cell.train_task == cell.eval_task:
+    """The cell whose training ``cell`` shares. A tuned cell evaluated on another task (a ``pairs`` entry) trains
+    exactly what its in-domain sibling trains (the same train task, slice, settings and seed): when the grid has that
+    sibling, a prompt is trained once, under the sibling's name, and both cells evaluate it; a tuned model is trained
+    once per process, kept in memory while its pair cells are still to run (:func:`run_experiment`)."""
+    if cell.method not in ("prompt-tuning", "model-tuning") or cell.train_task == cell.eval_task:
         return cell
     sibling = replace(cell, eval_task=cell.train_task)
     return sibling if sibling in cells(config) else cell
@@ -217,9 +218,13 @@ class StaleCellError(RuntimeError):
     """A finished cell's record was computed with other settings or older code than the grid's now."""
 
 
-def run_cell(config: ExperimentConfig, cell: Cell, backbone: Backbone, data: _Data, *, progress: bool = False
-             ) -> dict[str, Any]:
-    """Train (when the method trains) and evaluate one cell; returns its result record."""
+def run_cell(config: ExperimentConfig, cell: Cell, backbone: Backbone, data: _Data, *, progress: bool = False,
+             tuned_models: dict[str, ModelTuneResult] | None = None) -> dict[str, Any]:
+    """Train (when the method trains) and evaluate one cell; returns its result record.
+
+    ``tuned_models``: model-tuning results by cell id. A model-tuning pair cell whose in-domain sibling is in it
+    evaluates that model instead of training the same one again; a cell that trains adds its own result to it (the
+    caller drops what no later cell needs)."""
     train_task, eval_task = data.task(cell.train_task), data.task(cell.eval_task)
     ev = config.eval
     eval_examples = data.examples(cell.eval_task, ev.split, ev.limit)
@@ -264,15 +269,23 @@ def run_cell(config: ExperimentConfig, cell: Cell, backbone: Backbone, data: _Da
     elif isinstance(settings, ModelTuneConfig):
         mc = settings
         train, selection, selection_info = data.training(cell.train_task, mc.eval_every, mc.eval_limit)
-        out = config.out_dir / "models" / cell.id if config.keep_models else None
-        # With a kept model folder its resume checkpoint lies beside it: a killed cell continues where it was.
-        mt = tune_model(backbone, train_task, train, mc, out, selection=selection, selection_info=selection_info,
-                        resume=True, progress=progress)
+        owner = trained_with(config, cell)
+        mt = (tuned_models or {}).get(owner.id) if owner != cell else None
+        if mt is not None:
+            extra["model_trained_by"] = owner.id
+        else:
+            out = config.out_dir / "models" / cell.id if config.keep_models else None
+            # With a kept model folder its resume checkpoint lies beside it: a killed cell continues where it was.
+            mt = tune_model(backbone, train_task, train, mc, out, selection=selection, selection_info=selection_info,
+                            resume=True, progress=progress)
+            if tuned_models is not None:
+                tuned_models[cell.id] = mt
         tuned = mt.backbone
         pm = PromptedModel(tuned, PromptBank(torch.zeros(1, 0, tuned.hidden_size)))
         train_metrics = mt.metrics
-        resumed_from = mt.resumed_from_step
-        extra = {"loss_first": mt.losses[0], "loss_last": mt.losses[-1]}
+        # a shared model went on from its sibling's last step, as a shared prompt resumes from its last checkpoint
+        resumed_from = mt.metrics["steps"] if "model_trained_by" in extra else mt.resumed_from_step
+        extra.update(loss_first=mt.losses[0], loss_last=mt.losses[-1])
     else:
         pool = data.examples(cell.eval_task, "train", config.train_limit) if cell.shots else []
         design = design_prompt(eval_task, backbone.tokenizer, eval_examples, shots=cell.shots, pool=pool,
@@ -371,13 +384,17 @@ def run_experiment(config: ExperimentConfig, *, progress: bool = False, only: Se
         if not todo:
             continue
         backbone = load(model)
-        for cell in todo:
+        # A tuned model is a whole model's memory: it is kept only while a pair cell still to run evaluates it.
+        tuned_models: dict[str, ModelTuneResult] = {}
+        for i, cell in enumerate(todo):
             say(f"[{len(summary.ran) + len(summary.skipped) + 1}/{len(grid)}] {cell.id} ...")
-            record = run_cell(config, cell, backbone, data, progress=progress)
+            record = run_cell(config, cell, backbone, data, progress=progress, tuned_models=tuned_models)
             _write_record(config, cell, record)
             summary.ran.append(cell.id)
             say(f"    {record['metric']} {record['score']:.4f} ({record['seconds']:.1f} s)")
-        del backbone
+            needed = {trained_with(config, c).id for c in todo[i + 1:]}
+            tuned_models = {k: v for k, v in tuned_models.items() if k in needed}
+        del backbone, tuned_models
     summary.seconds = time.perf_counter() - t0
     return summary
 
