@@ -271,7 +271,8 @@ def run_cell(config: ExperimentConfig, cell: Cell, backbone: Backbone, data: _Da
         train, selection, selection_info = data.training(cell.train_task, mc.eval_every, mc.eval_limit)
         owner = trained_with(config, cell)
         mt = (tuned_models or {}).get(owner.id) if owner != cell else None
-        if mt is not None:
+        shared = mt is not None
+        if shared:
             extra["model_trained_by"] = owner.id
         else:
             out = config.out_dir / "models" / cell.id if config.keep_models else None
@@ -284,7 +285,7 @@ def run_cell(config: ExperimentConfig, cell: Cell, backbone: Backbone, data: _Da
         pm = PromptedModel(tuned, PromptBank(torch.zeros(1, 0, tuned.hidden_size)))
         train_metrics = mt.metrics
         # a shared model went on from its sibling's last step, as a shared prompt resumes from its last checkpoint
-        resumed_from = mt.metrics["steps"] if "model_trained_by" in extra else mt.resumed_from_step
+        resumed_from = mt.metrics["steps"] if shared else mt.resumed_from_step
         extra.update(loss_first=mt.losses[0], loss_last=mt.losses[-1])
     else:
         pool = data.examples(cell.eval_task, "train", config.train_limit) if cell.shots else []
@@ -386,14 +387,14 @@ def run_experiment(config: ExperimentConfig, *, progress: bool = False, only: Se
         backbone = load(model)
         # A tuned model is a whole model's memory: it is kept only while a pair cell still to run evaluates it.
         tuned_models: dict[str, ModelTuneResult] = {}
+        owners = [trained_with(config, c).id for c in todo]  # once: each call expands the grid
         for i, cell in enumerate(todo):
             say(f"[{len(summary.ran) + len(summary.skipped) + 1}/{len(grid)}] {cell.id} ...")
             record = run_cell(config, cell, backbone, data, progress=progress, tuned_models=tuned_models)
             _write_record(config, cell, record)
             summary.ran.append(cell.id)
             say(f"    {record['metric']} {record['score']:.4f} ({record['seconds']:.1f} s)")
-            needed = {trained_with(config, c).id for c in todo[i + 1:]}
-            tuned_models = {k: v for k, v in tuned_models.items() if k in needed}
+            tuned_models = {k: v for k, v in tuned_models.items() if k in owners[i + 1:]}
         del backbone, tuned_models
     summary.seconds = time.perf_counter() - t0
     return summary
