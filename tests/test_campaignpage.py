@@ -123,3 +123,25 @@ def test_the_page_draws_and_links_figure_one(root: Path) -> None:
 def test_pooled_sd() -> None:
     assert campaignpage.pooled_sd([1.0, 3.0], [2.0, 4.0]) == pytest.approx(2 ** 0.5)
     assert campaignpage.pooled_sd([1.0], [2.0, 4.0]) is None
+
+
+def test_figure_one_gives_a_recipe_one_colour_and_one_legend(root: Path) -> None:
+    """A panel draws only the recipes that ran on its task (cb has transfer, sst2 has PEFT): each recipe keeps its
+    colour in every panel, and the figure's one legend names every recipe drawn anywhere, and the floor."""
+    import matplotlib.pyplot as plt
+
+    camp = campaignpage.Campaign(Records(root))
+    fig = campaignpage.figure(camp)
+    colours: dict[str, set] = {}
+    drawn: list[set[str]] = []
+    for ax in fig.axes:
+        labels = {bar.get_label(): bar.lines[0].get_color() for bar in ax.containers}
+        drawn.append(set(labels))
+        for label, c in labels.items():
+            colours.setdefault(label, set()).add(c)
+    plt.close(fig)
+    assert len({frozenset(d) for d in drawn}) > 1  # the panels do draw different recipe sets
+    assert all(len(c) == 1 for c in colours.values()), colours
+    assert len({next(iter(c)) for c in colours.values()}) == len(colours)  # and no two recipes share one
+    (legend,) = fig.legends
+    assert [t.get_text() for t in legend.get_texts()] == [*[r for r in camp.recipes if r in colours], "majority"]

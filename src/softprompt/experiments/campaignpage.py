@@ -20,13 +20,16 @@ import math
 import statistics
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from softprompt.core.files import atomic_write
 from softprompt.experiments.grid import slug
 from softprompt.experiments.records import COMMAND, Records
 from softprompt.experiments.report import _human
 from softprompt.training.initializers import TRANSFER_PREFIX
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 CAMPAIGN = "scale_campaign"
 FIGURE = "figure1.png"
@@ -130,18 +133,35 @@ class Campaign:
 
 
 def draw_figure(rec: Records, name: str = CAMPAIGN) -> Path | None:
-    """Figure 1: score vs model parameters (log axis) per recipe, averaged over the reported tasks and per task, the
-    majority floor dashed; to ``docs/results/<name>/figure1.png``. None when the campaign has no cells."""
+    """Figure 1 (:func:`figure`) to ``docs/results/<name>/figure1.png``. None when the campaign has no cells."""
     camp = Campaign(rec, name)
     if not camp.cells or not camp.tasks:
         return None
+    import matplotlib.pyplot as plt
+
+    fig = figure(camp)
+    path = rec.root / "docs" / "results" / name / FIGURE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+    plt.close(fig)
+    return path
+
+
+def figure(camp: Campaign) -> Figure:
+    """Figure 1: score vs model parameters (log axis) per recipe, averaged over the reported tasks and per task, the
+    majority floor dotted. A recipe has one colour in every panel and the one legend lists them all: a panel draws only
+    the recipes that ran on its task, so the colour cycle of each axis would give one recipe several colours."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    palette = plt.get_cmap("tab10")
+    colour = {r: palette(i % palette.N) for i, r in enumerate(camp.recipes)}
     panels = ["average", *camp.tasks]
-    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.6), dpi=110, squeeze=False, sharey=True)
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels) + 1.5, 3.6), dpi=110, squeeze=False,
+                             sharey=True)
+    legend: dict[str, Any] = {}
     for ax, panel in zip(axes[0], panels, strict=True):
         for r in camp.recipes:
             points = []
@@ -155,13 +175,13 @@ def draw_figure(rec: Records, name: str = CAMPAIGN) -> Path | None:
                     points.append((camp.params[m], y, sd or 0.0))
             if points:
                 xs_, ys, sds = zip(*points, strict=True)
-                ax.errorbar(xs_, ys, yerr=sds, marker="o", capsize=3, label=r,
-                            linestyle="-" if r in (VANILLA, DESIGN, MODEL) else "--")
+                legend.setdefault(r, ax.errorbar(xs_, ys, yerr=sds, marker="o", capsize=3, label=r, color=colour[r],
+                                                 linestyle="-" if r in (VANILLA, DESIGN, MODEL) else "--"))
         known = [camp.floors[t] for t in camp.tasks if camp.floors[t] is not None]
         floor = camp.floors.get(panel) if panel != "average" else \
             (statistics.fmean(known) if len(known) == len(camp.tasks) else None)
         if floor is not None:
-            ax.axhline(floor, color="grey", linestyle=":", label="majority")
+            legend.setdefault("majority", ax.axhline(floor, color="grey", linestyle=":", label="majority"))
         ax.set_xscale("log")
         ax.set_xticks([camp.params[m] for m in camp.models], [camp.size(m) for m in camp.models])
         ax.minorticks_off()
@@ -169,13 +189,10 @@ def draw_figure(rec: Records, name: str = CAMPAIGN) -> Path | None:
         ax.set_xlabel("model parameters")
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("score (%)")
-    axes[0][-1].legend(fontsize=7)
-    fig.tight_layout()
-    path = rec.root / "docs" / "results" / name / FIGURE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
-    plt.close(fig)
-    return path
+    order = [r for r in camp.recipes if r in legend] + [k for k in legend if k not in camp.recipes]
+    fig.legend([legend[k] for k in order], order, loc="center right", fontsize=8)
+    fig.tight_layout(rect=(0.0, 0.0, 1 - 1.4 / fig.get_figwidth(), 1.0))
+    return fig
 
 
 # --------------------------------------------------------------------------------------------------------- section
