@@ -133,6 +133,8 @@ def test_a_model_tuning_pair_cell_evaluates_the_model_its_in_domain_sibling_trai
 
     assert "model_trained_by" not in c and untimed(c["train"]) == untimed(b["train"]) and c["metrics"] == b["metrics"]
     assert c["train"]["steps"] == 3 and "best_step" in c["train"]  # the kept step is compared too
+    # its selection evals are in the record, as a prompt-tuning cell's are (the report lists them)
+    assert [h["step"] for h in c["train"]["history"]] == [2, 3] and all(c["metric"] in h for h in c["train"]["history"])
 
 
 def test_sweep_runs_resumes_and_reports(sweep_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]

@@ -156,8 +156,8 @@ def figure(camp: Campaign) -> Figure:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    palette = plt.get_cmap("tab10")
-    colour = {r: palette(i % palette.N) for i, r in enumerate(camp.recipes)}
+    palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]  # matplotlib's default cycle, fixed per recipe
+    colour = {r: palette[i % len(palette)] for i, r in enumerate(camp.recipes)}
     panels = ["average", *camp.tasks]
     fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels) + 1.5, 3.6), dpi=110, squeeze=False,
                              sharey=True)

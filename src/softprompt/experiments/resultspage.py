@@ -279,7 +279,8 @@ def comparison_section(rec: Records, name: str) -> list[str]:
     lines += _image(rec, name, "score_vs_size.png", f"Score vs model size, {name}")
     lines += ["", f"Every cell with its settings, parameters and time, and the Figure-1 plot: "
               f"[`docs/results/{name}/README.md`](results/{name}/README.md). Reproduce: `softprompt experiment "
-              f"configs/{name}.yaml && softprompt experiment configs/{name}.yaml --report && {COMMAND}`.", ""]
+              f"configs/{name}.yaml --output results && softprompt experiment configs/{name}.yaml --output results "
+              f"--report && {COMMAND}`.", ""]
     return lines
 
 
@@ -295,8 +296,9 @@ def ablation_section(rec: Records, name: str, axis: str, title: str) -> list[str
         lines.append(f"| {cell['model']} | {cell['eval_task']} | {cell[axis]} | {100 * c['score']:.1f}{mark(c)} | "
                      f"`{c.get('reused_from', name)}` |")
     lines += _image(rec, name, f"{'prompt_length' if axis == 'prompt_length' else 'init'}.png", title)
-    lines += ["", f"Reproduce: `softprompt experiment configs/{name}.yaml && softprompt experiment "
-              f"configs/{name}.yaml --report && {COMMAND}`; every cell in {_report_link(rec, name)}.", ""]
+    lines += ["", f"Reproduce: `softprompt experiment configs/{name}.yaml --output results && softprompt experiment "
+              f"configs/{name}.yaml --output results --report && {COMMAND}`; every cell in "
+              f"{_report_link(rec, name)}.", ""]
     return lines
 
 
@@ -343,7 +345,7 @@ def budget_section(rec: Records, names: list[str], reference: str = "paper_cpu")
             summary.append(f"- `{cells[0]['cell']['model']}` ({n} tasks): PD {pd_avg:.1f}, PT {pt_steps} steps "
                            f"{pt_avg:.1f}, PT longer {long_avg:.1f}: PT longer − PD = {long_avg - pd_avg:+.1f} points.")
     lines += ["", *summary, ""]
-    lines += ["Reproduce: " + "; ".join(f"`softprompt experiment configs/{n}.yaml`" for n, _ in grids)
+    lines += ["Reproduce: " + "; ".join(f"`softprompt experiment configs/{n}.yaml --output results`" for n, _ in grids)
               + f"; then `{COMMAND}`; every cell in " + ", ".join(_report_link(rec, n) for n, _ in grids) + ".", ""]
     return lines
 
@@ -372,7 +374,8 @@ def domain_shift_section(rec: Records, name: str) -> list[str]:
                      f"{100 * c['score']:.1f}{flag} | "
                      f"{score_of(cells, cell['model'], c['method'], cell['eval_task'], cell['eval_task'])} | "
                      f"{pct_or_blank(floor)} |")
-    lines += ["", f"Reproduce: `softprompt experiment configs/{name}.yaml`; then `{COMMAND}`; every cell in "
+    lines += ["", f"Reproduce: `softprompt experiment configs/{name}.yaml --output results`; then `{COMMAND}`; "
+              f"every cell in "
               f"{_report_link(rec, name)}.", ""]
     return lines
 
@@ -421,7 +424,8 @@ def qa_domain_shift_section(rec: Records, name: str) -> list[str]:
                 # Train → eval pairs are for the tuned methods only: prompt design has no out-of-domain cell.
                 row.append(" | | " if method == "prompt-design" and away is None else f"{pair(away)} | {delta}")
             lines.append(f"| {model} | {method} | " + " | ".join(row) + " |")
-    lines += ["", f"Reproduce: `softprompt experiment configs/{name}.yaml`; then `{COMMAND}`; every cell in "
+    lines += ["", f"Reproduce: `softprompt experiment configs/{name}.yaml --output results`; then `{COMMAND}`; "
+              f"every cell in "
               f"`results/{name}/cells/`.", ""]
     return lines
 

@@ -283,7 +283,7 @@ def run_cell(config: ExperimentConfig, cell: Cell, backbone: Backbone, data: _Da
                 tuned_models[cell.id] = mt
         tuned = mt.backbone
         pm = PromptedModel(tuned, PromptBank(torch.zeros(1, 0, tuned.hidden_size)))
-        train_metrics = mt.metrics
+        train_metrics = {**mt.metrics, "history": mt.history}
         # a shared model went on from its sibling's last step, as a shared prompt resumes from its last checkpoint
         resumed_from = mt.metrics["steps"] if shared else mt.resumed_from_step
         extra.update(loss_first=mt.losses[0], loss_last=mt.losses[-1])

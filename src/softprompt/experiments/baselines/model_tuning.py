@@ -56,6 +56,7 @@ class ModelTuneResult:
     backbone: Backbone  # the tuned copy (the selected step's weights when a selection set was given)
     metrics: dict[str, Any] = field(default_factory=dict)
     losses: list[float] = field(default_factory=list)
+    history: list[dict[str, Any]] = field(default_factory=list)  # each selection eval: {"step": s, metric: value}
     resumed_from_step: int = 0  # the step this process went on from (0: it started fresh)
 
 
@@ -143,4 +144,4 @@ def tune_model(
                                              "selection": {**(selection_info or {}), "examples": len(selection)}
                                              if selection else {},
                                              "loss_first": state.losses[0], "loss_last": state.losses[-1]})
-    return ModelTuneResult(tuned, metrics, state.losses, done.resumed_from_step)
+    return ModelTuneResult(tuned, metrics, state.losses, state.history, done.resumed_from_step)
