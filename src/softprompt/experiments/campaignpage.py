@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from softprompt.core.files import atomic_write
 from softprompt.experiments.grid import slug
-from softprompt.experiments.records import COMMAND, Records
+from softprompt.experiments.records import COMMAND, Records, run_command
 from softprompt.experiments.report import _human
 from softprompt.training.initializers import TRANSFER_PREFIX
 
@@ -224,8 +224,8 @@ def campaign_section(rec: Records, name: str = CAMPAIGN) -> list[str]:
     for block in (recipe_lines(camp), peer_lines(camp), gap_lines(camp), time_lines(rec, name)):
         if block:
             lines += ["", *block]
-    lines += ["", f"Reproduce: `softprompt experiment configs/{name}.yaml --output results` (resumable cell by cell; "
-              f"days of two-core CPU in all), then `{COMMAND}`.", ""]
+    lines += ["", f"Reproduce: `{run_command(name)}` (resumable cell by cell; days of two-core CPU in all), then "
+              f"`{COMMAND}`.", ""]
     return lines
 
 

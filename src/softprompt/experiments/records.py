@@ -16,6 +16,12 @@ FLOORS = Path("results") / "majority.json"
 COMMAND = "softprompt report"
 
 
+def run_command(grid: str) -> str:
+    """The command that runs (or continues) the grid ``configs/<grid>.yaml`` into ``results/``, where the page reads
+    its cells: it names the output, since a config need not (its default is ``runs/``, which git ignores)."""
+    return f"softprompt experiment configs/{grid}.yaml --output results"
+
+
 class Records:
     """The records under a repository root, each file read once."""
 

@@ -33,7 +33,7 @@ from softprompt.core.files import atomic_write
 from softprompt.experiments.campaignpage import campaign_section, draw_figure
 from softprompt.experiments.ensemblepage import ensemble_chose_nothing, ensemble_runs, ensembles_section
 from softprompt.experiments.grid import load_config, slug
-from softprompt.experiments.records import COMMAND, Records, fmt, pct_or_blank, values
+from softprompt.experiments.records import COMMAND, Records, fmt, pct_or_blank, run_command, values
 from softprompt.experiments.report import checkpoint_line
 from softprompt.training.loop import FIRST_DEFAULTS
 
@@ -172,8 +172,7 @@ def main_job_section(rec: Records) -> list[str]:
                 lines += [f"Prompt tuning's {checkpoint_line(c)}. {c['train_seconds']:.0f} s of training (with its "
                           f"selection evals) and {c['seconds'] - c['train_seconds']:.0f} s of evaluation on "
                           f"{c['machine']['threads']} CPU threads; {_provenance(c)}.", ""]
-        lines += [f"Reproduce: `softprompt experiment configs/{MAIN_JOB}.yaml --output results && {COMMAND}`; the "
-                  f"cells: `results/{MAIN_JOB}/cells/`.", ""]
+        lines += [f"Reproduce: `{run_command(MAIN_JOB)} && {COMMAND}`; the cells: `results/{MAIN_JOB}/cells/`.", ""]
     return lines
 
 
@@ -278,9 +277,8 @@ def comparison_section(rec: Records, name: str) -> list[str]:
             f"{SHORT[k]} on {len(v)} of {len(tasks)} ({', '.join(v) or 'none'})" for k, v in above.items()) + ".")
     lines += _image(rec, name, "score_vs_size.png", f"Score vs model size, {name}")
     lines += ["", f"Every cell with its settings, parameters and time, and the Figure-1 plot: "
-              f"[`docs/results/{name}/README.md`](results/{name}/README.md). Reproduce: `softprompt experiment "
-              f"configs/{name}.yaml --output results && softprompt experiment configs/{name}.yaml --output results "
-              f"--report && {COMMAND}`.", ""]
+              f"[`docs/results/{name}/README.md`](results/{name}/README.md). Reproduce: `{run_command(name)} && "
+              f"{run_command(name)} --report && {COMMAND}`.", ""]
     return lines
 
 
@@ -296,8 +294,7 @@ def ablation_section(rec: Records, name: str, axis: str, title: str) -> list[str
         lines.append(f"| {cell['model']} | {cell['eval_task']} | {cell[axis]} | {100 * c['score']:.1f}{mark(c)} | "
                      f"`{c.get('reused_from', name)}` |")
     lines += _image(rec, name, f"{'prompt_length' if axis == 'prompt_length' else 'init'}.png", title)
-    lines += ["", f"Reproduce: `softprompt experiment configs/{name}.yaml --output results && softprompt experiment "
-              f"configs/{name}.yaml --output results --report && {COMMAND}`; every cell in "
+    lines += ["", f"Reproduce: `{run_command(name)} && {run_command(name)} --report && {COMMAND}`; every cell in "
               f"{_report_link(rec, name)}.", ""]
     return lines
 
@@ -345,7 +342,7 @@ def budget_section(rec: Records, names: list[str], reference: str = "paper_cpu")
             summary.append(f"- `{cells[0]['cell']['model']}` ({n} tasks): PD {pd_avg:.1f}, PT {pt_steps} steps "
                            f"{pt_avg:.1f}, PT longer {long_avg:.1f}: PT longer − PD = {long_avg - pd_avg:+.1f} points.")
     lines += ["", *summary, ""]
-    lines += ["Reproduce: " + "; ".join(f"`softprompt experiment configs/{n}.yaml --output results`" for n, _ in grids)
+    lines += ["Reproduce: " + "; ".join(f"`{run_command(n)}`" for n, _ in grids)
               + f"; then `{COMMAND}`; every cell in " + ", ".join(_report_link(rec, n) for n, _ in grids) + ".", ""]
     return lines
 
@@ -374,9 +371,7 @@ def domain_shift_section(rec: Records, name: str) -> list[str]:
                      f"{100 * c['score']:.1f}{flag} | "
                      f"{score_of(cells, cell['model'], c['method'], cell['eval_task'], cell['eval_task'])} | "
                      f"{pct_or_blank(floor)} |")
-    lines += ["", f"Reproduce: `softprompt experiment configs/{name}.yaml --output results`; then `{COMMAND}`; "
-              f"every cell in "
-              f"{_report_link(rec, name)}.", ""]
+    lines += ["", f"Reproduce: `{run_command(name)}`; then `{COMMAND}`; every cell in {_report_link(rec, name)}.", ""]
     return lines
 
 
@@ -424,9 +419,7 @@ def qa_domain_shift_section(rec: Records, name: str) -> list[str]:
                 # Train → eval pairs are for the tuned methods only: prompt design has no out-of-domain cell.
                 row.append(" | | " if method == "prompt-design" and away is None else f"{pair(away)} | {delta}")
             lines.append(f"| {model} | {method} | " + " | ".join(row) + " |")
-    lines += ["", f"Reproduce: `softprompt experiment configs/{name}.yaml --output results`; then `{COMMAND}`; "
-              f"every cell in "
-              f"`results/{name}/cells/`.", ""]
+    lines += ["", f"Reproduce: `{run_command(name)}`; then `{COMMAND}`; every cell in `results/{name}/cells/`.", ""]
     return lines
 
 
