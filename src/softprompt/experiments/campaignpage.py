@@ -33,6 +33,8 @@ if TYPE_CHECKING:
 
 CAMPAIGN = "scale_campaign"
 FIGURE = "figure1.png"
+LEGEND_INCHES = 1.5
+"""the strip right of Figure 1's panels that holds its one legend"""
 RECIPE_MARGIN = 5.0
 """points the best new recipe must gain over vanilla prompt tuning, averaged over the tasks, on the smallest sizes"""
 RECIPE_SIZES = 2
@@ -159,7 +161,7 @@ def figure(camp: Campaign) -> Figure:
     palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]  # matplotlib's default cycle, fixed per recipe
     colour = {r: palette[i % len(palette)] for i, r in enumerate(camp.recipes)}
     panels = ["average", *camp.tasks]
-    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels) + 1.5, 3.6), dpi=110, squeeze=False,
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels) + LEGEND_INCHES, 3.6), dpi=110, squeeze=False,
                              sharey=True)
     legend: dict[str, Any] = {}
     for ax, panel in zip(axes[0], panels, strict=True):
@@ -191,7 +193,7 @@ def figure(camp: Campaign) -> Figure:
     axes[0][0].set_ylabel("score (%)")
     order = [r for r in camp.recipes if r in legend] + [k for k in legend if k not in camp.recipes]
     fig.legend([legend[k] for k in order], order, loc="center right", fontsize=8)
-    fig.tight_layout(rect=(0.0, 0.0, 1 - 1.4 / fig.get_figwidth(), 1.0))
+    fig.tight_layout(rect=(0.0, 0.0, 1 - LEGEND_INCHES / fig.get_figwidth(), 1.0))
     return fig
 
 
