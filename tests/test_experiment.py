@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pytest
@@ -14,6 +14,7 @@ from softprompt.cli import main
 from softprompt.core.backbone import load_backbone
 from softprompt.core.promptfile import load_prompt
 from softprompt.core.tiny import save_tiny
+from softprompt.experiments.baselines.model_tuning import tune_model
 from softprompt.experiments.configfile import ConfigError
 from softprompt.experiments.grid import cells, load_config, source_cell
 from softprompt.experiments.report import write_report
@@ -23,13 +24,14 @@ from softprompt.experiments.runner import (
     cell_path,
     method_config,
     method_settings,
+    model_run_files,
     prompt_path,
     reusable,
     run_experiment,
     trained_with,
 )
 from softprompt.tasks import get_task
-from softprompt.tasks.selection import SELECTION_SEED
+from softprompt.tasks.selection import SELECTION_SEED, selection_split
 from softprompt.training.prompt_tuning import initial_prompt
 from tests.toytask import write_task
 
@@ -135,6 +137,40 @@ def test_a_model_tuning_pair_cell_evaluates_the_model_its_in_domain_sibling_trai
     assert c["train"]["steps"] == 3 and "best_step" in c["train"]  # the kept step is compared too
     # its selection evals are in the record, as a prompt-tuning cell's are (the report lists them)
     assert [h["step"] for h in c["train"]["history"]] == [2, 3] and all(c["metric"] in h for h in c["train"]["history"])
+
+
+def test_a_killed_model_tuning_cell_resumes_from_its_checkpoint(sweep_dir: Path, tmp_path: Path) -> None:
+    """A model-tuning cell killed part-way continues from its checkpoint beside the cells (no kept model folder
+    needed) and records what an uninterrupted cell records; the checkpoint, a few models' worth, goes with the
+    record."""
+    raw = grid(sweep_dir, models=[str(sweep_dir / "tiny-small")], methods=["model-tuning"], pairs=[],
+               model_tuning={"steps": 4, "batch_size": 4, "lr": 1e-3, "eval_every": 2, "eval_limit": 4,
+                             "save_every": 2})
+    whole = load_config(write_config(tmp_path / "whole.yaml", {**raw, "output": str(tmp_path / "whole")}))
+    killed = load_config(write_config(tmp_path / "killed.yaml", {**raw, "output": str(tmp_path / "killed")}))
+    run_experiment(whole, log=lambda _: None)
+    (cell,) = cells(killed)
+    # The run that was killed: its first 2 steps, as the runner trains them, left their checkpoint and logs.
+    settings = replace(method_settings(killed, cell), steps=2)
+    task = get_task(cell.train_task)
+    cut = selection_split(task, None, limit=settings.eval_limit, train_limit=killed.train_limit)
+    tune_model(load_backbone(cell.model), task, cut.train, settings, selection=cut.selection, resume=True,
+               progress=False, run_files=model_run_files(killed, cell))
+    assert model_run_files(killed, cell).checkpoint.is_file()
+    assert run_experiment(killed, log=lambda _: None).ran == [cell.id]
+    a, b = (json.loads(cell_path(c, cell).read_text()) for c in (whole, killed))
+    assert b["resumed_from_step"] == 2 and "resumed_from_step" not in a
+
+    def untimed(train: dict) -> dict:
+        return {k: v for k, v in train.items() if k != "train_seconds"}
+
+    assert untimed(b["train"]) == untimed(a["train"]) and b["metrics"] == a["metrics"]
+    assert b["loss_last"] == a["loss_last"] and [h["step"] for h in b["train"]["history"]] == [2, 4]
+    for c in (whole, killed):
+        files = model_run_files(c, cell)
+        assert not files.checkpoint.exists() and files.metrics.is_file()  # the curve stays, the resume state goes
+    steps = [json.loads(line)["step"] for line in model_run_files(killed, cell).metrics.read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]  # the resumed log continues the killed one's, without duplicates
 
 
 def test_sweep_runs_resumes_and_reports(sweep_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]

@@ -1,7 +1,7 @@
 """Running an experiment grid (:mod:`softprompt.experiments.grid`): every cell's result is one JSON file
 ``<output>/<name>/cells/<cell id>.json`` holding its settings, the model, metrics, seconds, task-specific parameter
 count and library versions. A rerun skips every cell whose JSON exists, so an interrupted sweep resumes where it stopped
-(a prompt-tuning or PEFT cell also resumes from its own checkpoint).
+(a tuned cell also resumes from its own checkpoint).
 :mod:`softprompt.experiments.report` turns the cells into a markdown table and plots.
 
 Selection: with ``eval_every: 0`` (the grid default) the last step is kept, trained on the whole train split; with
@@ -56,7 +56,7 @@ from softprompt.experiments.provenance import provenance
 from softprompt.tasks import Example, Task, get_task
 from softprompt.tasks.selection import SelectionSplit, selection_split
 from softprompt.training.initializers import TRANSFER_PREFIX
-from softprompt.training.loop import saved_defaults
+from softprompt.training.loop import RunFiles, saved_defaults
 from softprompt.training.prompt_tuning import AUTO_LR_SCALE, LEGACY_AUTO_LR_SCALE, TrainConfig, train_prompt
 
 __all__ = ["RunSummary", "load_cells", "reusable", "run_cell", "run_experiment"]
@@ -123,6 +123,13 @@ def prompt_path(config: ExperimentConfig, cell: Cell) -> Path:
     """A prompt-tuning cell's prompt file (its resume checkpoint lies beside it); a PEFT cell's converted prompt
     (PEFT's adapter folder lies beside it)."""
     return config.out_dir / "prompts" / f"{cell.id}.safetensors"
+
+
+def model_run_files(config: ExperimentConfig, cell: Cell) -> RunFiles:
+    """A model-tuning cell's resume checkpoint, metrics and TensorBoard events, ``models/<cell id>.*`` beside the
+    cells (its model folder ``models/<cell id>/`` too, with ``keep_models``). The checkpoint, about 3x the model,
+    only resumes the unfinished cell: :func:`run_experiment` deletes it once the cell's record is written."""
+    return RunFiles.named(config.out_dir / "models" / cell.id)
 
 
 def trained_with(config: ExperimentConfig, cell: Cell) -> Cell:
@@ -276,9 +283,10 @@ def run_cell(config: ExperimentConfig, cell: Cell, backbone: Backbone, data: _Da
             extra["model_trained_by"] = owner.id
         else:
             out = config.out_dir / "models" / cell.id if config.keep_models else None
-            # With a kept model folder its resume checkpoint lies beside it: a killed cell continues where it was.
+            # Its resume checkpoint lies beside the cells, kept model folder or not: a killed cell continues where it
+            # was (a model-tuning cell is the longest of a grid's), and the checkpoint goes once the record is written.
             mt = tune_model(backbone, train_task, train, mc, out, selection=selection, selection_info=selection_info,
-                            resume=True, progress=progress)
+                            resume=True, progress=progress, run_files=model_run_files(config, cell))
             if tuned_models is not None:
                 tuned_models[cell.id] = mt
         tuned = mt.backbone
@@ -392,6 +400,8 @@ def run_experiment(config: ExperimentConfig, *, progress: bool = False, only: Se
             say(f"[{len(summary.ran) + len(summary.skipped) + 1}/{len(grid)}] {cell.id} ...")
             record = run_cell(config, cell, backbone, data, progress=progress, tuned_models=tuned_models)
             _write_record(config, cell, record)
+            if cell.method == "model-tuning":
+                model_run_files(config, cell).checkpoint.unlink(missing_ok=True)
             summary.ran.append(cell.id)
             say(f"    {record['metric']} {record['score']:.4f} ({record['seconds']:.1f} s)")
             tuned_models = {k: v for k, v in tuned_models.items() if k in owners[i + 1:]}

@@ -114,16 +114,17 @@ def tune_model(
     selection_info: dict[str, Any] | None = None,
     resume: bool = False,
     progress: bool = True,
+    run_files: RunFiles | None = None,
 ) -> ModelTuneResult:
     """Fine-tune all weights of a copy of ``backbone`` on ``train_examples``; write the selected model to ``out`` (when
     given). With ``selection`` (a slice held out from train, see :func:`softprompt.training.prompt_tuning.train_prompt`)
     the best step by the task's primary metric is kept, else the last.
 
-    With ``out``, checkpoints and logs are written beside it (module docstring) and ``resume`` continues from the
-    checkpoint; without it nothing but the returned copy is kept."""
+    The resume checkpoint and logs go to ``run_files`` (default: beside ``out``, see the module docstring), and
+    ``resume`` continues from that checkpoint; with neither, nothing but the returned copy is kept."""
     if not train_examples:
         raise ValueError("no training examples")
-    files = RunFiles.named(Path(out)) if out is not None else None
+    files = run_files if run_files is not None else RunFiles.named(Path(out)) if out is not None else None
     start = start_run(config, files, resume)
     pm, params = whole_model(backbone)
     tuned = pm.backbone
