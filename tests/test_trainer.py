@@ -15,7 +15,7 @@ import torch
 
 from softprompt.core.promptfile import load_prompt
 from softprompt.tasks.selection import SELECTION_SEED, selection_split
-from softprompt.training.checkpoint import load_checkpoint
+from softprompt.training.checkpoint import TrainState, _own, load_checkpoint, save_checkpoint
 from softprompt.training.loop import batch_indices, lr_at
 from softprompt.training.prompt_tuning import TrainConfig, train_prompt
 from tests.conftest import tiny_backbone
@@ -117,6 +117,25 @@ def test_linear_schedule_decays_the_step_size_and_fixes_the_steps(tmp_path: Path
                              lr=0.05, schedule="linear")
         train_prompt(tiny_backbone("llama"), task, examples, config, tmp_path / "l4.safetensors", resume=True,
                      progress=False)
+
+
+def test_a_checkpoint_stores_tied_and_viewed_tensors_whole_and_copies_only_those(tmp_path: Path) -> None:
+    """safetensors refuses tensors that share storage: a tied weight (one tensor under two names), a view of a larger
+    tensor and a best step that is the current weights are copied, and nothing else is (a model-tuning checkpoint
+    holds a model's weights and its best step's: a copy of each would double them while it is written)."""
+    whole = torch.nn.Parameter(torch.randn(4, 3))
+    view = torch.nn.Parameter(torch.randn(10)[2:6])
+    params = {"whole": whole, "tied": whole, "view": view}
+    optimizer = torch.optim.SGD([whole, view], lr=0.1)
+    save_checkpoint(tmp_path / "c.safetensors", params, {"whole": whole.detach()}, optimizer, TrainState(step=3), {})
+    ckpt = load_checkpoint(tmp_path / "c.safetensors")
+    for name, value in params.items():
+        assert torch.equal(ckpt.params[name], value), name
+    assert torch.equal(ckpt.best["whole"], whole) and ckpt.state.step == 3
+    seen: set[int] = set()
+    assert _own(whole, seen).data_ptr() == whole.data_ptr()  # saved from where it lies
+    assert _own(whole, seen).data_ptr() != whole.data_ptr()  # the same storage again: a copy
+    assert _own(view, seen).data_ptr() != view.data_ptr()  # a part of its storage: a copy
 
 
 @pytest.mark.parametrize("reparam", ["none", "residual"])

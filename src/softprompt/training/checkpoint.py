@@ -74,9 +74,17 @@ def _unflatten_optimizer(tensors: dict[str, Tensor], info: dict[str, Any]) -> di
     return {"state": state, "param_groups": info["param_groups"]}
 
 
-def _own(t: Tensor) -> Tensor:
-    # A CPU tensor's .cpu() is itself, and safetensors refuses tensors that share storage (tied weights, views).
-    return t.detach().to("cpu", copy=True).contiguous()
+def _own(t: Tensor, seen: set[int]) -> Tensor:
+    """``t`` as safetensors takes it: a CPU tensor that is all of its storage, which no other saved tensor shares
+    (``seen``: the storages saved so far). Only a tensor that is not gets copied: a model's weights and its best
+    step's are each a model's worth of memory, which a copy would double while a model-tuning checkpoint is written."""
+    t = t.detach()
+    storage = t.untyped_storage()
+    whole = t.is_contiguous() and t.storage_offset() == 0 and storage.nbytes() == t.numel() * t.element_size()
+    if t.device.type != "cpu" or not whole or storage.data_ptr() in seen:
+        t = t.to("cpu", copy=True).contiguous()
+    seen.add(t.untyped_storage().data_ptr())
+    return t
 
 
 def save_checkpoint(path: Path, params: dict[str, Tensor], best: dict[str, Tensor] | None,
@@ -84,8 +92,9 @@ def save_checkpoint(path: Path, params: dict[str, Tensor], best: dict[str, Tenso
                     scaler: torch.amp.GradScaler | None = None) -> None:
     """Write the resume state; ``scaler`` (fp16) is saved after its ``update()``, as the next step will find it."""
     tensors, opt_info = _flatten_optimizer(optimizer.state_dict())
-    tensors.update({PARAM_PREFIX + k: _own(v) for k, v in params.items()})
-    tensors.update({BEST_PREFIX + k: _own(v) for k, v in (best or {}).items()})
+    seen = {v.untyped_storage().data_ptr() for v in tensors.values()}
+    tensors.update({PARAM_PREFIX + k: _own(v, seen) for k, v in params.items()})
+    tensors.update({BEST_PREFIX + k: _own(v, seen) for k, v in (best or {}).items()})
     tensors[RNG_KEY] = torch.get_rng_state()
     meta = {"state": json.dumps(state.__dict__), "optimizer": json.dumps(opt_info),
             "config": json.dumps(config, sort_keys=True)}
