@@ -111,6 +111,39 @@ def test_the_campaign_section(root: Path) -> None:
     assert hours >= 2 and f"{size}: {len(mine)} cells, {hours:.1f} h" in text
 
 
+def test_the_start_isolated_sits_beside_the_campaigns_cells_of_its_seed(root: Path) -> None:
+    """configs/peft_init_cpu.yaml's cells (softprompt's prompt tuning from PEFT's init rows) are shown with the
+    campaign's PT and PEFT PT cells of the same model, task and seed, each start named, a long init text cut."""
+    campaign = Records(root).cells("scale_campaign")
+    pt = next(c for c in campaign if c["method"] == "prompt-tuning" and not c["cell"].get("variant")
+              and c["cell"]["seed"] == 0 and c["cell"]["init"] == "class-label" and c["score"] == 0.80)
+    folder = root / "results" / campaignpage.PEFT_INIT / "cells"
+    folder.mkdir(parents=True)
+    long_text, plain = "<bos> negative positive" * 7, " negative positive"
+    for text, score in ((long_text, 0.79), (plain, 0.86)):
+        c = copy.deepcopy(pt)
+        c["cell"]["init"], c["config"]["init"], c["config"]["init_text"] = "text", "text", text
+        c["score"], c["id"] = score, f"{pt['id']}-text-{score}"
+        (folder / f"{c['id']}.json").write_text(json.dumps(c))
+    try:
+        camp = campaignpage.Campaign(Records(root))
+        text = "\n".join(campaignpage.campaign_section(Records(root)))
+        size, task = camp.size(pt["cell"]["model"]), slug(pt["cell"]["eval_task"])
+        assert f"**The start, isolated** (`configs/{campaignpage.PEFT_INIT}.yaml`)" in text
+        cut = long_text[:campaignpage.SHORT_TEXT]
+        rows = [line for line in text.splitlines() if line.startswith(f"| {size} | {task} | 0 | ")]
+        assert rows[0] == f"| {size} | {task} | 0 | class-label | softprompt | 80.0 |"
+        assert "class-label → PEFT TEXT `" in rows[1] and rows[1].endswith("| PEFT | 81.0 |")
+        assert rows[2:] == [f"| {size} | {task} | 0 | text `{cut}…` | softprompt | 79.0 |",
+                            f"| {size} | {task} | 0 | text `{plain}` | softprompt | 86.0 |"]
+        assert not any(f"| {size} | {task} | 1 | " in line for line in rows)  # only the seeds the grid ran
+    finally:
+        for f in folder.glob("*.json"):
+            f.unlink()
+        folder.rmdir()
+        folder.parent.rmdir()
+
+
 def test_the_page_draws_and_links_figure_one(root: Path) -> None:
     (root / "docs").mkdir(exist_ok=True)
     assert "results/scale_campaign/figure1.png" not in render(root)

@@ -42,6 +42,10 @@ RECIPE_SIZES = 2
 PEFT_POOLED_SDS = 2.0
 """|softprompt − PEFT| must stay within this many pooled standard deviations (over at least PEFT_MIN_SEEDS seeds)"""
 PEFT_MIN_SEEDS = 3
+PEFT_INIT = "peft_init_cpu"
+"""the grid that starts softprompt's prompt tuning from PEFT's init rows (``configs/peft_init_cpu.yaml``)"""
+SHORT_TEXT = 32
+"""characters of an init text the page shows"""
 PAPER = "paper"
 """the variant that is the paper's recipe (shown beside the others, never a new recipe)"""
 
@@ -223,7 +227,8 @@ def campaign_section(rec: Records, name: str = CAMPAIGN) -> list[str]:
     figure = rec.root / "docs" / "results" / name / FIGURE
     if figure.is_file():
         lines += ["", f"![Figure 1: score vs model size, {name}](results/{name}/{FIGURE})"]
-    for block in (recipe_lines(camp), peer_lines(camp), gap_lines(camp), time_lines(rec, name)):
+    for block in (recipe_lines(camp), peer_lines(camp), peft_init_lines(rec, camp), gap_lines(camp),
+                  time_lines(rec, name)):
         if block:
             lines += ["", *block]
     lines += ["", f"Reproduce: `{run_command(name)}` (resumable cell by cell; days of two-core CPU in all), then "
@@ -324,6 +329,39 @@ def peer_lines(camp: Campaign) -> list[str]:
             "`bench/train_step_bench.py`, which times both side by side on one machine "
             "(`bench/results/train_step_cpu.json`), not by the two s/step columns, whose cells ran on different "
             "machines and loads."]
+    return out
+
+
+def short(text: str) -> str:
+    """An init text as the page shows it: its first :data:`SHORT_TEXT` characters, in code quotes."""
+    return "`" + (text if len(text) <= SHORT_TEXT else text[:SHORT_TEXT] + "…") + "`"
+
+
+def peft_init_lines(rec: Records, camp: Campaign, name: str = PEFT_INIT) -> list[str]:
+    """softprompt's prompt tuning started from PEFT's init rows (``name``'s cells) beside the campaign's PT and PEFT
+    PT cells of the same model, task and seed: whether the start alone explains the gap between the two."""
+    cells = rec.cells(name)
+    if not cells:
+        return []
+    out = [f"**The start, isolated** (`configs/{name}.yaml`): softprompt's prompt tuning from the rows PEFT's "
+           "class-label init gives (PEFT's TEXT init tokenizes the label words with the tokenizer's special tokens "
+           "and repeats them to fill P) and from the same rows without the BOS token, at the campaign's budget and "
+           "selection; beside them the campaign's cells of the same seed.", "",
+           "| size | task | seed | start | trained by | score |", "|---|---|---|---|---|---|"]
+    for key in dict.fromkeys((c["cell"]["model"], c["cell"]["eval_task"], c["cell"]["seed"]) for c in cells):
+        mine = [c for c in camp.cells if (c["cell"]["model"], c["cell"]["eval_task"], c["cell"]["seed"]) == key]
+        rows = [(c["cell"]["init"], "softprompt", c["score"]) for c in mine if recipe(c) == VANILLA]
+        for c in (c for c in mine if recipe(c) == PEER):
+            peft = c.get("peft") or {}
+            text = peft.get("prompt_tuning_init_text")
+            rows.append((f"{c['cell']['init']} → PEFT {peft.get('prompt_tuning_init', '')}"
+                         + (f" {short(text)}" if text else ""), "PEFT", c["score"]))
+        rows += [(f"text {short(c['config']['init_text'])}", "softprompt", c["score"]) for c in cells
+                 if (c["cell"]["model"], c["cell"]["eval_task"], c["cell"]["seed"]) == key]
+        model, task, seed = key
+        size = _human(next(c["model"]["parameters"] for c in cells if c["cell"]["model"] == model))
+        out += [f"| {size} | {slug(task)} | {seed} | {start} | {who} | {100 * score:.1f} |"
+                for start, who, score in rows]
     return out
 
 
