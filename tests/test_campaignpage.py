@@ -111,6 +111,32 @@ def test_the_campaign_section(root: Path) -> None:
     assert hours >= 2 and f"{size}: {len(mine)} cells, {hours:.1f} h" in text
 
 
+def test_seconds_per_step_are_the_median_of_each_cells_logged_steps(root: Path) -> None:
+    """The s/step columns read each cell's metrics log: a step slowed by another job does not move a cell's median,
+    and the selection evals (not in the log's step seconds) do not count."""
+    campaign = Records(root).cells("scale_campaign")
+    # the fixture's sst2 seeds of vanilla PT (80, 82, 84) and PEFT PT (81, 83, 85)
+    sst2 = {(c["method"], c["cell"]["seed"]): c for c in campaign if c["score"] in (0.80, 0.82, 0.84, 0.81, 0.83, 0.85)
+            and c["method"] in ("prompt-tuning", "peft-prompt-tuning")}
+    logs = {("prompt-tuning", 0): [1.0, 1.0, 9.0], ("prompt-tuning", 1): [2.0, 2.0, 2.0],
+            ("peft-prompt-tuning", 0): [3.0, 30.0, 3.0]}
+    folder = root / "results" / "scale_campaign" / "prompts"
+    written = []
+    for key, steps in logs.items():
+        path = folder / f"{sst2[key]['id']}.metrics.jsonl"
+        lines = [{"step": i + 1, "loss": 1.0, "step_seconds": s} for i, s in enumerate(steps)]
+        path.write_text("".join(json.dumps(x) + "\n" for x in [*lines, {"step": 3, "selection_accuracy": 0.5}]))
+        written.append(path)
+    try:
+        text = "\n".join(campaignpage.campaign_section(Records(root)))
+        size = campaignpage.Campaign(Records(root)).size(sst2["prompt-tuning", 0]["cell"]["model"])
+        (row,) = [line for line in text.splitlines() if line.startswith(f"| {size} | sst2 | 82.0 ± 2.0 (n=3) |")]
+        assert row.endswith("| 1.50 | 3.00 |"), row  # medians 1 and 2 (mean 1.5) vs 3
+    finally:
+        for path in written:
+            path.unlink()
+
+
 def test_the_start_isolated_sits_beside_the_campaigns_cells_of_its_seed(root: Path) -> None:
     """configs/peft_init_cpu.yaml's cells (softprompt's prompt tuning from PEFT's init rows) are shown with the
     campaign's PT and PEFT PT cells of the same model, task and seed, each start named, a long init text cut."""

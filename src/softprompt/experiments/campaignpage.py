@@ -107,10 +107,11 @@ class Campaign:
             sel = (c.get("train") or {}).get(f"best_selection_{c['metric']}")
             if sel is not None:
                 self.selected[key].append(100 * sel)
-            # a resumed cell's train_seconds are those of the steps after its checkpoint (none: a sibling's prompt)
-            ran = (c.get("train") or {}).get("steps", 0) - c.get("resumed_from_step", 0)
-            if c.get("train_seconds") and ran > 0:
-                self.step_seconds[key].append(c["train_seconds"] / ran)
+            # the median of its logged steps: a step's cost without the selection evals, and a few steps slowed by
+            # another job on the machine do not move it
+            steps = rec.step_seconds(name, c)
+            if steps:
+                self.step_seconds[key].append(statistics.median(steps))
         order = [DESIGN, VANILLA, *sorted({r for *_, r in self.scores if r.startswith("PT ")}), MODEL, PEER]
         self.recipes = [r for r in order if any(k[2] == r for k in self.scores)]
         self.floors = {t: rec.cell_floor(next(c for c in self.cells if c["cell"]["eval_task"] == t))
@@ -309,9 +310,9 @@ def peer_lines(camp: Campaign) -> list[str]:
              if camp.scores.get((m, t, PEER)) and camp.scores.get((m, t, VANILLA))]
     if not pairs:
         return []
-    out = ["**softprompt vs PEFT** (the same rows, init text, optimizer and selection; seconds per training step "
-           "include the selection evals, alike for both, but each cell's come from the machine and load it ran on, "
-           "which its record names).", "",
+    out = ["**softprompt vs PEFT** (the same rows, init text, optimizer and selection; seconds per training step: "
+           "the median of each cell's logged steps, selection evals not included, averaged over its seeds; each "
+           "cell's come from the machine and load it ran on, which its record names).", "",
            "| size | task | softprompt PT | PEFT PT | Δ | pooled sd | within bar | s/step softprompt | s/step PEFT |",
            "|---|---|---|---|---|---|---|---|---|"]
     for m, t in pairs:

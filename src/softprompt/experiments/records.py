@@ -36,6 +36,18 @@ class Records:
             self._cells[grid] = [json.loads(f.read_text()) for f in sorted(folder.glob("*.json"))]
         return self._cells[grid]
 
+    def step_seconds(self, grid: str, cell: dict[str, Any]) -> list[float]:
+        """The seconds of each training step a tuned cell logged (``<id>.metrics.jsonl`` beside its prompt or its
+        model; a cell evaluating a sibling's training reads the sibling's), selection evals not included; empty
+        when there is no log."""
+        owner = cell.get("prompt_trained_by") or cell.get("model_trained_by") or cell["id"]
+        for folder in ("prompts", "models"):
+            path = self.root / "results" / grid / folder / f"{owner}.metrics.jsonl"
+            if path.is_file():
+                lines = (json.loads(line) for line in path.read_text().splitlines() if line.strip())
+                return [r["step_seconds"] for r in lines if "step_seconds" in r]
+        return []
+
     def floor(self, task: str, split: str, limit: int | None) -> float | None:
         """The majority floor (×100) of ``task``'s first ``limit`` examples of ``split``; None if not measured."""
         if self._floors is None:
