@@ -102,6 +102,11 @@ def test_the_campaign_section(root: Path) -> None:
     assert f"**not met** ({size} {gain:+.1f} (missed by {5 - gain:.1f})" in text
     # PEFT: Δ = −1, pooled sd 2: within 2 sd
     assert f"| {size} | sst2 | 82.0 ± 2.0 (n=3) | 83.0 ± 2.0 (n=3) | -1.0 | 2.0 | yes |" in text
+    # outside the bar: how far, in a cell of its own (a "|" inside it would start another)
+    task = next(t for t in camp.tasks if slug(t) == "sst2")
+    camp.scores[model, task, "PEFT PT"] = [70.0, 71.0, 72.0]  # Δ 11, pooled sd √2.5
+    header, _, row = campaignpage.peer_lines(camp)[2:5]
+    assert row.count("|") == header.count("|") and f"| no ({11 / 2.5 ** 0.5:.1f} sd apart) |" in row, row
     # PT − MT: sst2 82 − 90, cb 50 − 70
     assert f"- {size}: PT − MT = {((82 - 90) + (50 - 70)) / 2:+.1f} points over 2 tasks." in text
     # time: every cell of a size counts, the transfer source's too, in hours of its own seconds

@@ -319,8 +319,9 @@ def peer_lines(camp: Campaign) -> list[str]:
         a, b = camp.scores[m, t, VANILLA], camp.scores[m, t, PEER]
         sd = pooled_sd(a, b)
         delta = statistics.fmean(a) - statistics.fmean(b)
+        # (no "|" in a table cell: it would start another)
         ok = "" if sd is None or min(len(a), len(b)) < PEFT_MIN_SEEDS else \
-            ("yes" if abs(delta) <= PEFT_POOLED_SDS * sd else f"no (|Δ| = {abs(delta) / sd:.1f} sd)")
+            ("yes" if abs(delta) <= PEFT_POOLED_SDS * sd else f"no ({abs(delta) / sd:.1f} sd apart)")
         sa, sb = camp.step_seconds.get((m, t, VANILLA)), camp.step_seconds.get((m, t, PEER))
         out.append(f"| {camp.size(m)} | {slug(t)} | {show(a)} | {show(b)} | {delta:+.1f} | "
                    f"{'' if sd is None else f'{sd:.1f}'} | {ok} | {'' if not sa else f'{statistics.fmean(sa):.2f}'} | "
