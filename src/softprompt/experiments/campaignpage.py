@@ -8,6 +8,9 @@ prompt initialised from a source task's), model tuning, or PEFT's prompt tuning.
 prompt-design cell (a transfer source such as RTE is only trained on). Scores are means over the seeds that ran,
 ± their sample standard deviation.
 
+The PEFT side-by-side is followed by ``configs/peft_init_cpu.yaml``'s cells when they exist: softprompt's prompt
+tuning from the rows PEFT's init gives, which isolates the start from the rest of the two implementations.
+
 The *best new recipe* of a (size, task) is chosen among the new recipes (the variants but the paper's, and transfer)
 by the score on the selection slice held out from train (``best_selection_<metric>`` in the cell), never by the
 reported score; the bar compares its reported score, averaged over the reported tasks, with vanilla prompt tuning's.
@@ -310,7 +313,8 @@ def peer_lines(camp: Campaign) -> list[str]:
              if camp.scores.get((m, t, PEER)) and camp.scores.get((m, t, VANILLA))]
     if not pairs:
         return []
-    out = ["**softprompt vs PEFT** (the same rows, init text, optimizer and selection; seconds per training step: "
+    out = ["**softprompt vs PEFT** (the same rows, label words as the init, optimizer, loss and selection; PEFT's "
+           "init also keeps the tokenizer's special tokens, see below; seconds per training step: "
            "the median of each cell's logged steps, selection evals not included, averaged over its seeds; each "
            "cell's come from the machine and load it ran on, which its record names).", "",
            "| size | task | softprompt PT | PEFT PT | Δ | pooled sd | within bar | s/step softprompt | s/step PEFT |",
@@ -350,16 +354,18 @@ def peft_init_lines(rec: Records, camp: Campaign, name: str = PEFT_INIT) -> list
            "and repeats them to fill P) and from the same rows without the BOS token, at the campaign's budget and "
            "selection; beside them the campaign's cells of the same seed.", "",
            "| size | task | seed | start | trained by | score |", "|---|---|---|---|---|---|"]
-    for key in dict.fromkeys((c["cell"]["model"], c["cell"]["eval_task"], c["cell"]["seed"]) for c in cells):
-        mine = [c for c in camp.cells if (c["cell"]["model"], c["cell"]["eval_task"], c["cell"]["seed"]) == key]
+    def seat(c: dict[str, Any]) -> tuple[str, str, int]:
+        return c["cell"]["model"], c["cell"]["eval_task"], c["cell"]["seed"]
+
+    for key in dict.fromkeys(map(seat, cells)):
+        mine = [c for c in camp.cells if seat(c) == key]
         rows = [(c["cell"]["init"], "softprompt", c["score"]) for c in mine if recipe(c) == VANILLA]
         for c in (c for c in mine if recipe(c) == PEER):
             peft = c.get("peft") or {}
             text = peft.get("prompt_tuning_init_text")
             rows.append((f"{c['cell']['init']} → PEFT {peft.get('prompt_tuning_init', '')}"
                          + (f" {short(text)}" if text else ""), "PEFT", c["score"]))
-        rows += [(f"text {short(c['config']['init_text'])}", "softprompt", c["score"]) for c in cells
-                 if (c["cell"]["model"], c["cell"]["eval_task"], c["cell"]["seed"]) == key]
+        rows += [(f"text {short(c['config']['init_text'])}", "softprompt", c["score"]) for c in cells if seat(c) == key]
         model, task, seed = key
         size = _human(next(c["model"]["parameters"] for c in cells if c["cell"]["model"] == model))
         out += [f"| {size} | {slug(task)} | {seed} | {start} | {who} | {100 * score:.1f} |"
