@@ -51,13 +51,13 @@ class Checkpoint:
     rng: Tensor | None = None  # torch.get_rng_state() at the save
 
 
-def _flatten_optimizer(state: dict[str, Any]) -> tuple[dict[str, Tensor], dict[str, Any]]:
+def _flatten_optimizer(state: dict[str, Any], seen: set[int]) -> tuple[dict[str, Tensor], dict[str, Any]]:
     tensors: dict[str, Tensor] = {}
     scalars: dict[str, dict[str, Any]] = {}
     for pid, pstate in state["state"].items():
         for key, value in pstate.items():
             if isinstance(value, Tensor):
-                tensors[f"{OPT_PREFIX}{pid}.{key}"] = value.detach().cpu().contiguous()
+                tensors[f"{OPT_PREFIX}{pid}.{key}"] = _own(value, seen)
             else:
                 scalars.setdefault(str(pid), {})[key] = value
     return tensors, {"scalars": scalars, "param_groups": state["param_groups"]}
@@ -91,8 +91,8 @@ def save_checkpoint(path: Path, params: dict[str, Tensor], best: dict[str, Tenso
                     optimizer: torch.optim.Optimizer, state: TrainState, config: dict[str, Any],
                     scaler: torch.amp.GradScaler | None = None) -> None:
     """Write the resume state; ``scaler`` (fp16) is saved after its ``update()``, as the next step will find it."""
-    tensors, opt_info = _flatten_optimizer(optimizer.state_dict())
-    seen = {v.untyped_storage().data_ptr() for v in tensors.values()}
+    seen: set[int] = set()
+    tensors, opt_info = _flatten_optimizer(optimizer.state_dict(), seen)
     tensors.update({PARAM_PREFIX + k: _own(v, seen) for k, v in params.items()})
     tensors.update({BEST_PREFIX + k: _own(v, seen) for k, v in (best or {}).items()})
     tensors[RNG_KEY] = torch.get_rng_state()
