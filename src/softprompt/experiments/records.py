@@ -29,6 +29,7 @@ class Records:
         self.root = Path(root)
         self._cells: dict[str, list[dict[str, Any]]] = {}
         self._floors: dict[tuple[str, str, int | None], float] | None = None
+        self._steps: dict[tuple[str, str], list[float]] = {}
 
     def cells(self, grid: str) -> list[dict[str, Any]]:
         if grid not in self._cells:
@@ -41,12 +42,13 @@ class Records:
         model; a cell evaluating a sibling's training reads the sibling's), selection evals not included; empty
         when there is no log."""
         owner = cell.get("prompt_trained_by") or cell.get("model_trained_by") or cell["id"]
-        for folder in ("prompts", "models"):
-            path = self.root / "results" / grid / folder / f"{owner}.metrics.jsonl"
-            if path.is_file():
-                lines = (json.loads(line) for line in path.read_text().splitlines() if line.strip())
-                return [r["step_seconds"] for r in lines if "step_seconds" in r]
-        return []
+        if (grid, owner) not in self._steps:
+            folder = self.root / "results" / grid
+            path = next((p for p in (folder / "prompts" / f"{owner}.metrics.jsonl",
+                                     folder / "models" / f"{owner}.metrics.jsonl") if p.is_file()), None)
+            lines = [] if path is None else [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+            self._steps[grid, owner] = [r["step_seconds"] for r in lines if "step_seconds" in r]
+        return self._steps[grid, owner]
 
     def floor(self, task: str, split: str, limit: int | None) -> float | None:
         """The majority floor (×100) of ``task``'s first ``limit`` examples of ``split``; None if not measured."""
