@@ -114,6 +114,15 @@ def test_the_campaign_section(root: Path) -> None:
     assert any(c["method"] == "prompt-tuning" and c["cell"]["eval_task"] not in camp.tasks for c in mine)
     hours = sum(c["seconds"] for c in mine) / 3600
     assert hours >= 2 and f"{size}: {len(mine)} cells, {hours:.1f} h" in text
+    assert f"Sizes: {size} = `{model}`;" in text
+
+
+def test_a_size_with_no_recipe_beside_vanilla_has_no_recipe_row(root: Path) -> None:
+    camp = campaignpage.Campaign(Records(root))
+    camp.models.append("bigger")  # a size that has, say, only its prompt-design cells so far
+    camp.params["bigger"] = 10 * camp.params[camp.models[0]]
+    rows = [line for line in campaignpage.recipe_lines(camp) if line.startswith("| ")]
+    assert [r.split(" | ")[0] for r in rows[1:]] == [f"| {camp.size(camp.models[0])}"], rows
 
 
 def test_seconds_per_step_are_the_median_of_each_cells_logged_steps(root: Path) -> None:

@@ -208,6 +208,15 @@ def figure(camp: Campaign) -> Figure:
 # --------------------------------------------------------------------------------------------------------- section
 
 
+def sizes_sentence(camp: Campaign) -> str:
+    """Which model each size column is, and what the size counts."""
+    named = ", ".join(f"{camp.size(m)} = `{m}`" for m in camp.models)
+    # A GGUF file may store the LM head apart from the input embeddings (at another quantization): dequantized,
+    # the two are separate weights, so a model counts more than its tied-weights name says.
+    return (f"Sizes: {named}; a size is the weights of the model as loaded (tied weights once, an LM head its file "
+            "stores apart from the input embeddings counted).")
+
+
 def campaign_section(rec: Records, name: str = CAMPAIGN) -> list[str]:
     """The campaign's tables and its quality bars (the module docstring), from its committed cells."""
     camp = Campaign(rec, name)
@@ -216,7 +225,7 @@ def campaign_section(rec: Records, name: str = CAMPAIGN) -> list[str]:
     sizes = [camp.size(m) for m in camp.models]
     lines = [f"## Figure 1 across model sizes (`configs/{name}.yaml`)", "",
              f"{count(len(camp.cells), 'cell')} so far, on {len(camp.models)} of the grid's "
-             f"model sizes. " + INTRO, ""]
+             f"model sizes. " + INTRO + " " + sizes_sentence(camp), ""]
     lines += ["| task | recipe | " + " | ".join(sizes) + " | majority |", "|---|---|" + "---|" * (len(sizes) + 1)]
     for t in camp.tasks:
         for r in camp.recipes:
@@ -288,7 +297,8 @@ def recipe_lines(camp: Campaign) -> list[str]:
             bars.append((m, gain))
         else:
             cells.append("")
-        out.append(f"| {camp.size(m)} | " + " | ".join(cells) + " |")
+        if any(cells):  # a size with no recipe beside vanilla yet has no row
+            out.append(f"| {camp.size(m)} | " + " | ".join(cells) + " |")
     small = [(m, g) for m, g in bars if m in camp.models[:RECIPE_SIZES]]
     if len(small) == min(RECIPE_SIZES, len(camp.models)):
         verdict = "; ".join(f"{camp.size(m)} {g:+.1f}" + ("" if g >= RECIPE_MARGIN else
